@@ -1,0 +1,82 @@
+"""Every Numba option fastloss uses lives here, and nowhere else.
+
+Kernels are written once with ``prange`` and compiled twice: a serial twin for small inputs
+(where launching threads costs more than the work) and a parallel twin for large ones.
+Compilation is lazy (no signatures), so ``import fastloss`` compiles nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numba
+
+# fastmath without "nnan"/"ninf": -inf-masked logits, all -inf rows and NaN propagation are
+# core behaviour, and dropping those two flags costs no speed. "reassoc" is the flag that lets
+# sum reductions vectorize.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+# Below this many elements a parallel launch costs more than it saves (measured for the omp
+# and tbb layers in ../shared/reference/kernel-notes.md section 3, and by
+# benchmarks/test_threshold.py on this package's own kernels).
+PARALLEL_MIN_ELEMENTS = 32768
+
+
+def _cache_wanted() -> bool:
+    return os.environ.get("FASTLOSS_CACHE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def _cache_usable() -> bool:
+    """Numba raises at decoration time when it finds no writable cache location; probe once."""
+    if not _cache_wanted():
+        return False
+    try:
+        numba.njit(cache=True)(_cache_probe)
+    except RuntimeError:
+        warnings.warn(
+            "fastloss: no writable Numba cache directory (package directory, $HOME/.cache and "
+            "NUMBA_CACHE_DIR all unusable); kernels will be recompiled in every process. "
+            "Set NUMBA_CACHE_DIR to a writable directory to fix this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _cache_probe():  # pragma: no cover - only decorated, never called
+    return 0
+
+
+CACHE = _cache_usable()
+
+_OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, error_model="numpy", nogil=True)
+
+
+def jit(func):
+    """A serial helper or kernel (inlined into callers by LLVM)."""
+    return numba.njit(**_OPTIONS)(func)
+
+
+class Kernel:
+    """A ``prange`` kernel compiled as a serial and as a parallel twin, chosen per call."""
+
+    def __init__(self, func):
+        self.serial = numba.njit(parallel=False, **_OPTIONS)(func)
+        self.parallel = numba.njit(parallel=True, **_OPTIONS)(func)
+        self.__name__ = func.__name__
+        self.__doc__ = func.__doc__
+
+    def pick(self, work_elements: int, work_items: int):
+        """The twin to run for ``work_elements`` elements split into ``work_items`` items."""
+        if work_items < 2 or work_elements < PARALLEL_MIN_ELEMENTS:
+            return self.serial
+        return self.parallel
+
+    def __call__(self, work_elements: int, work_items: int, *args):
+        return self.pick(work_elements, work_items)(*args)
+
+
+def kernel(func) -> Kernel:
+    return Kernel(func)

@@ -1,0 +1,446 @@
+"""Kernels of the softmax family on the canonical views.
+
+Two layouts reach these kernels, both C-contiguous:
+
+* rows ``(R, C)``: the reduced axis is the last one. Each row is read once from memory by
+  the blockwise online (running max, rescaled sum) recurrence; output passes re-read it from
+  L1/L2.
+* strided ``(O, C, I)`` with I > 1: the reduced axis has stride I. Work items are
+  (o, tile of T contiguous positions along I); every pass runs ``for c: for t in tile`` so the
+  inner loop is contiguous and vectorizes, with per-position state arrays. There is never a
+  transposed copy.
+
+Sums of exponentials are accumulated per block in the compute type and across blocks in
+float64, so float32 results are more accurate than torch's (which sums a whole row in float32
+lanes). The per-row state is (m, s): m the maximum, s = sum exp(x - m) in float64; two states
+merge associatively, which lets a long row be split across threads.
+
+Special rows never take the fast path's formulas: a row whose maximum is not finite, or whose
+sum is NaN, is resolved by ``_special_lse`` exactly as torch does (any NaN -> NaN, else any
++inf -> +inf, else -inf), and softmax-type outputs of such rows are all NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._config import jit, kernel
+from ._math import const, exp_out, exp_sum, fmax, load, log1p_unit, log_pos, store
+
+# Block length of the online recurrence: B = 256-512 keeps the block in L1 while the hardware
+# prefetcher streams the next one; 1024+ loses 15-35 % at large C (kernel-notes.md section 2).
+BLOCK = 512
+
+
+# ---------------------------------------------------------------------------------------------
+# Row layout helpers
+
+
+@jit
+def _row_state(x, r, start, stop):
+    """(max, float64 sum of exp(x - max)) of x[r, start:stop], reading it from memory once."""
+    # Loops index 1-d slices from 0: an index Numba cannot prove non-negative gets a
+    # wraparound select, and LLVM then emits gathers instead of contiguous vector loads.
+    row = x[r]
+    neg_inf = const(x, -np.inf)
+    m = neg_inf
+    s = 0.0
+    for b0 in range(start, stop, BLOCK):
+        block = row[b0 : min(b0 + BLOCK, stop)]
+        bm = neg_inf
+        for j in range(block.shape[0]):
+            bm = fmax(bm, load(block[j]))
+        if bm > m:
+            s *= exp_sum(np.float64(m) - np.float64(bm))
+            m = bm
+        if m == neg_inf:
+            # Nothing finite yet: the block is -inf and NaN, which fmax skips. Record NaN here,
+            # because rescaling a later block cannot carry it.
+            for j in range(block.shape[0]):
+                v = load(block[j])
+                if v != v:
+                    s = np.nan
+            continue
+        acc = const(x, 0.0)
+        for j in range(block.shape[0]):
+            acc += exp_sum(load(block[j]) - m)
+        s += acc
+    return m, s
+
+
+@jit
+def _is_regular(m, s):
+    """The state describes a row whose lse is finite (no NaN, no +inf, something finite)."""
+    return m > -np.inf and m < np.inf and s == s
+
+
+@jit
+def _special_lse_row(x, r):
+    """torch's logsumexp of a row whose state is not regular."""
+    result = -np.inf
+    row = x[r]
+    for j in range(row.shape[0]):
+        v = np.float64(load(row[j]))
+        if v != v:
+            return np.nan
+        if v == np.inf:
+            result = np.inf
+    return result
+
+
+@jit
+def _row_lse(x, r):
+    m, s = _row_state(x, r, 0, x.shape[1])
+    if _is_regular(m, s):
+        return np.float64(m) + log_pos(s)
+    return _special_lse_row(x, r)
+
+
+@jit
+def _fill_row_nan(out, r):
+    nan = store(np.nan, out)
+    row = out[r]
+    for j in range(row.shape[0]):
+        row[j] = nan
+
+
+@jit
+def _row_log_sum(x, m, s):
+    """log(s) in the compute type, the shift used as exp((x - m) - log s)."""
+    return const(x, log_pos(s))
+
+
+@jit
+def _row_dot(g, x, r, m, log_s, with_probabilities):
+    """sum_j g[r, j] * p[r, j] (or sum_j g[r, j]), blockwise with a float64 total."""
+    n = x.shape[1]
+    total = 0.0
+    for b0 in range(0, n, BLOCK):
+        xb = x[r, b0 : min(b0 + BLOCK, n)]
+        gb = g[r, b0 : min(b0 + BLOCK, n)]
+        acc = const(x, 0.0)
+        if with_probabilities:
+            for j in range(xb.shape[0]):
+                acc += load(gb[j]) * exp_out((load(xb[j]) - m) - log_s)
+        else:
+            for j in range(xb.shape[0]):
+                acc += load(gb[j])
+        total += acc
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Row layout kernels
+
+
+@kernel
+def lse_rows(x, out):
+    """out[r] = logsumexp(x[r, :])."""
+    for r in prange(x.shape[0]):
+        out[r] = store(_row_lse(x, r), out)
+
+
+# Rows longer than this are split across threads when there are too few rows to go round.
+SPLIT_CHUNK = 65536
+
+
+@kernel
+def lse_rows_split(x, out, chunk):
+    """logsumexp of few long rows: chunks of each row in parallel, states merged in order."""
+    rows, n = x.shape
+    chunks = (n + chunk - 1) // chunk
+    maxima = np.empty((rows, chunks), dtype=np.float64)
+    sums = np.empty((rows, chunks), dtype=np.float64)
+    for w in prange(rows * chunks):
+        r = w // chunks
+        k = w % chunks
+        m, s = _row_state(x, r, k * chunk, min((k + 1) * chunk, n))
+        maxima[r, k] = m
+        sums[r, k] = s
+    for r in range(rows):
+        m = -np.inf
+        for k in range(chunks):
+            m = max(m, maxima[r, k])
+        s = 0.0
+        for k in range(chunks):
+            if maxima[r, k] > -np.inf:
+                s += sums[r, k] * exp_sum(maxima[r, k] - m)
+            else:
+                s += sums[r, k]  # 0, or NaN carried from an all -inf/NaN chunk
+        if _is_regular(m, s):
+            out[r] = store(m + log_pos(s), out)
+        else:
+            out[r] = store(_special_lse_row(x, r), out)
+
+
+@kernel
+def softmax_rows(x, out, log):
+    """out = softmax(x) or log_softmax(x) along rows."""
+    n = x.shape[1]
+    for r in prange(x.shape[0]):
+        m, s = _row_state(x, r, 0, x.shape[1])
+        if not _is_regular(m, s):
+            _fill_row_nan(out, r)
+            continue
+        log_s = _row_log_sum(x, m, s)
+        xr, yr = x[r], out[r]
+        if log:
+            for j in range(n):
+                yr[j] = store((load(xr[j]) - m) - log_s, out)
+        else:
+            for j in range(n):
+                yr[j] = store(exp_out((load(xr[j]) - m) - log_s), out)
+
+
+@kernel
+def softmax_backward_rows(g, x, out, log):
+    """Gradient of softmax (log=False) or log_softmax (log=True) along rows.
+
+    softmax:     dx = p * (g - sum(g * p))
+    log_softmax: dx = g - p * sum(g)
+    """
+    n = x.shape[1]
+    for r in prange(x.shape[0]):
+        m, s = _row_state(x, r, 0, x.shape[1])
+        if not _is_regular(m, s):
+            _fill_row_nan(out, r)
+            continue
+        log_s = _row_log_sum(x, m, s)
+        dot = const(x, _row_dot(g, x, r, m, log_s, not log))
+        xr, gr, yr = x[r], g[r], out[r]
+        if log:
+            for j in range(n):
+                p = exp_out((load(xr[j]) - m) - log_s)
+                yr[j] = store(load(gr[j]) - p * dot, out)
+        else:
+            for j in range(n):
+                p = exp_out((load(xr[j]) - m) - log_s)
+                yr[j] = store(p * (load(gr[j]) - dot), out)
+
+
+@kernel
+def lse_backward_rows(g, x, out):
+    """dx[r, j] = g[r] * exp(x[r, j] - lse[r])."""
+    n = x.shape[1]
+    for r in prange(x.shape[0]):
+        m, s = _row_state(x, r, 0, x.shape[1])
+        gr = load(g[r])
+        xr, yr = x[r], out[r]
+        if _is_regular(m, s):
+            log_s = _row_log_sum(x, m, s)
+            for j in range(n):
+                yr[j] = store(gr * exp_out((load(xr[j]) - m) - log_s), out)
+        else:
+            # -inf entries get 0, +inf entries NaN, and an all -inf row NaN, as torch.
+            lse = const(x, _special_lse_row(x, r))
+            for j in range(n):
+                yr[j] = store(gr * exp_out(load(xr[j]) - lse), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strided layout helpers
+
+
+@jit
+def _tile_state(x, o, p0, n):
+    """Per-position (max, float64 sum) over the C axis for positions p0 .. p0+n of slab o."""
+    channels = x.shape[1]
+    m = np.full(n, const(x, -np.inf))
+    for c in range(channels):
+        xc = x[o, c, p0 : p0 + n]
+        for t in range(n):
+            m[t] = fmax(m[t], load(xc[t]))
+    s = np.zeros(n, dtype=np.float64)
+    for c in range(channels):
+        xc = x[o, c, p0 : p0 + n]
+        for t in range(n):
+            s[t] += exp_sum(load(xc[t]) - m[t])
+    return m, s
+
+
+@jit
+def _tile_log_sums(x, m, s):
+    """log(s) per position in the compute type, and whether any position is special."""
+    n = m.shape[0]
+    log_s = np.empty(n, dtype=m.dtype)
+    specials = 0
+    for t in range(n):
+        log_s[t] = const(x, log_pos(s[t]))
+        specials += not _is_regular(m[t], s[t])
+    return log_s, specials > 0
+
+
+@jit
+def _special_lse_column(x, o, p):
+    result = -np.inf
+    column = x[o, :, p]
+    for c in range(column.shape[0]):
+        v = np.float64(load(column[c]))
+        if v != v:
+            return np.nan
+        if v == np.inf:
+            result = np.inf
+    return result
+
+
+@jit
+def _fill_special_columns_nan(out, o, p0, m, s):
+    nan = store(np.nan, out)
+    for t in range(m.shape[0]):
+        if not _is_regular(m[t], s[t]):
+            column = out[o, :, p0 + t]
+            for c in range(column.shape[0]):
+                column[c] = nan
+
+
+# ---------------------------------------------------------------------------------------------
+# Strided layout kernels
+
+
+@kernel
+def lse_strided(x, out, tile):
+    """out[o, i] = logsumexp(x[o, :, i])."""
+    outer, _, inner = x.shape
+    ntiles = (inner + tile - 1) // tile
+    for w in prange(outer * ntiles):
+        o = w // ntiles
+        p0 = (w % ntiles) * tile
+        n = min(tile, inner - p0)
+        m, s = _tile_state(x, o, p0, n)
+        ot = out[o, p0 : p0 + n]
+        for t in range(n):
+            ot[t] = store(np.float64(m[t]) + log_pos(s[t]), out)
+        for t in range(n):
+            if not _is_regular(m[t], s[t]):
+                ot[t] = store(_special_lse_column(x, o, p0 + t), out)
+
+
+@kernel
+def softmax_strided(x, out, tile, log):
+    """softmax or log_softmax over axis 1 of (O, C, I)."""
+    outer, channels, inner = x.shape
+    ntiles = (inner + tile - 1) // tile
+    for w in prange(outer * ntiles):
+        o = w // ntiles
+        p0 = (w % ntiles) * tile
+        n = min(tile, inner - p0)
+        m, s = _tile_state(x, o, p0, n)
+        log_s, any_special = _tile_log_sums(x, m, s)
+        for c in range(channels):
+            xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
+            if log:
+                for t in range(n):
+                    yc[t] = store((load(xc[t]) - m[t]) - log_s[t], out)
+            else:
+                for t in range(n):
+                    yc[t] = store(exp_out((load(xc[t]) - m[t]) - log_s[t]), out)
+        if any_special:
+            _fill_special_columns_nan(out, o, p0, m, s)
+
+
+@kernel
+def softmax_backward_strided(g, x, out, tile, log):
+    """Gradient of softmax / log_softmax over axis 1 of (O, C, I); see softmax_backward_rows."""
+    outer, channels, inner = x.shape
+    ntiles = (inner + tile - 1) // tile
+    for w in prange(outer * ntiles):
+        o = w // ntiles
+        p0 = (w % ntiles) * tile
+        n = min(tile, inner - p0)
+        m, s = _tile_state(x, o, p0, n)
+        log_s, any_special = _tile_log_sums(x, m, s)
+        dot = np.zeros(n, dtype=np.float64)
+        for c in range(channels):
+            xc, gc = x[o, c, p0 : p0 + n], g[o, c, p0 : p0 + n]
+            if log:
+                for t in range(n):
+                    dot[t] += load(gc[t])
+            else:
+                for t in range(n):
+                    p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                    dot[t] += load(gc[t]) * p
+        dot_c = np.empty(n, dtype=m.dtype)
+        for t in range(n):
+            dot_c[t] = const(x, dot[t])
+        for c in range(channels):
+            xc, gc, yc = x[o, c, p0 : p0 + n], g[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
+            if log:
+                for t in range(n):
+                    p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                    yc[t] = store(load(gc[t]) - p * dot_c[t], out)
+            else:
+                for t in range(n):
+                    p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                    yc[t] = store(p * (load(gc[t]) - dot_c[t]), out)
+        if any_special:
+            _fill_special_columns_nan(out, o, p0, m, s)
+
+
+@kernel
+def lse_backward_strided(g, x, out, tile):
+    """dx[o, c, i] = g[o, i] * exp(x[o, c, i] - lse[o, i])."""
+    outer, channels, inner = x.shape
+    ntiles = (inner + tile - 1) // tile
+    for w in prange(outer * ntiles):
+        o = w // ntiles
+        p0 = (w % ntiles) * tile
+        n = min(tile, inner - p0)
+        m, s = _tile_state(x, o, p0, n)
+        log_s, any_special = _tile_log_sums(x, m, s)
+        gt = g[o, p0 : p0 + n]
+        for c in range(channels):
+            xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
+            for t in range(n):
+                p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                yc[t] = store(load(gt[t]) * p, out)
+        if any_special:
+            for t in range(n):
+                if not _is_regular(m[t], s[t]):
+                    lse = const(x, _special_lse_column(x, o, p0 + t))
+                    xcol, ycol = x[o, :, p0 + t], out[o, :, p0 + t]
+                    for c in range(channels):
+                        ycol[c] = store(load(gt[t]) * exp_out(load(xcol[c]) - lse), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise: sigmoid and logsigmoid on flat arrays
+
+
+@kernel
+def sigmoid_flat(x, out):
+    for i in prange(x.shape[0]):
+        v = load(x[i])
+        e = exp_out(-abs(v))  # exp(-|x|) never overflows
+        one = const(x, 1.0)
+        out[i] = store(one / (one + e) if v >= 0 else e / (one + e), out)
+
+
+@kernel
+def sigmoid_backward_flat(g, x, out):
+    for i in prange(x.shape[0]):
+        v = load(x[i])
+        e = exp_out(-abs(v))
+        one = const(x, 1.0)
+        sig = one / (one + e) if v >= 0 else e / (one + e)
+        out[i] = store(load(g[i]) * sig * (one - sig), out)
+
+
+@kernel
+def logsigmoid_flat(x, out):
+    """log sigmoid(x) = min(x, 0) - log1p(exp(-|x|))."""
+    for i in prange(x.shape[0]):
+        v = load(x[i])
+        zero = const(x, 0.0)
+        e = exp_out(-abs(v))
+        out[i] = store(min(v, zero) - log1p_unit(e), out)
+
+
+@kernel
+def logsigmoid_backward_flat(g, x, out):
+    """d/dx log sigmoid(x) = sigmoid(-x)."""
+    for i in prange(x.shape[0]):
+        v = load(x[i])
+        one = const(x, 1.0)
+        e = exp_out(-abs(v))
+        out[i] = store(load(g[i]) * (e / (one + e) if v >= 0 else one / (one + e)), out)

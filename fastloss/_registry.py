@@ -1,0 +1,123 @@
+"""One registry of (function, reference, torch equivalent, argument generator).
+
+It drives the conformance tests (tests/), the benchmarks (benchmarks/) and the CLI's
+self-check and throughput table, so a case added here is tested and benchmarked at once and a
+benchmark can never time something other than what the tests check.
+
+Each ``Case`` names a public fastloss function by its forward name; the backward is
+``<name>_backward`` (and ``<name>_with_grad`` for losses) on both ``fastloss`` and
+``fastloss.reference``. ``make_args(shape, dtype, rng)`` returns the positional and keyword
+arguments of one call; the first positional argument is always ``input``, the array the
+gradient is taken with respect to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One public function and everything needed to test and benchmark it."""
+
+    name: str
+    make_args: Callable[[tuple, np.dtype, np.random.Generator], tuple[tuple, dict]]
+    torch_name: str | None
+    # Shapes the benchmarks time, each with the kwargs that select the reduced/class dim.
+    bench_shapes: tuple[tuple[tuple[int, ...], dict], ...] = ()
+    # Bytes that must cross memory for one forward call, given its arguments and result.
+    traffic: Callable[[tuple, dict, np.ndarray], int] | None = None
+    has_loss_grad: bool = False
+
+    @property
+    def fastloss(self) -> Callable:
+        return getattr(importlib.import_module("fastloss"), self.name)
+
+    @property
+    def fastloss_backward(self) -> Callable:
+        return getattr(importlib.import_module("fastloss"), self.name + "_backward")
+
+    @property
+    def reference(self) -> Callable:
+        return getattr(importlib.import_module("fastloss.reference"), self.name)
+
+    @property
+    def reference_backward(self) -> Callable:
+        return getattr(importlib.import_module("fastloss.reference"), self.name + "_backward")
+
+    def torch_function(self):
+        """The torch callable (``None`` when torch is not importable)."""
+        if self.torch_name is None:
+            return None
+        try:
+            module_name, _, attr = self.torch_name.rpartition(".")
+            return getattr(importlib.import_module(module_name), attr)
+        except ImportError:
+            return None
+
+
+def _read_write(args, kwargs, result) -> int:
+    return args[0].nbytes + np.asarray(result).nbytes
+
+
+def _logits(shape, dtype, rng):
+    return (rng.standard_normal(shape) * 3).astype(dtype)
+
+
+def _dim_args(shape, dtype, rng, dim=-1):
+    return (_logits(shape, dtype, rng),), {"dim": dim}
+
+
+def _plain_args(shape, dtype, rng):
+    return (_logits(shape, dtype, rng),), {}
+
+
+# The shapes of the foundation issue: two large-vocabulary cases, a mid one, a tiny one, and
+# a spatial (N, C, H, W) reduction over the class dim 1.
+SOFTMAX_BENCH_SHAPES = (
+    ((4096, 32000), {"dim": -1}),
+    ((65536, 1000), {"dim": -1}),
+    ((8192, 128), {"dim": -1}),
+    ((32, 10), {"dim": -1}),
+    ((16, 21, 256, 256), {"dim": 1}),
+)
+ELEMENTWISE_BENCH_SHAPES = (((4096, 32000), {}), ((32, 10), {}))
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        Case("logsumexp", _dim_args, "torch.logsumexp", SOFTMAX_BENCH_SHAPES, _read_write),
+        Case(
+            "softmax",
+            _dim_args,
+            "torch.nn.functional.softmax",
+            SOFTMAX_BENCH_SHAPES,
+            _read_write,
+        ),
+        Case(
+            "log_softmax",
+            _dim_args,
+            "torch.nn.functional.log_softmax",
+            SOFTMAX_BENCH_SHAPES,
+            _read_write,
+        ),
+        Case("sigmoid", _plain_args, "torch.sigmoid", ELEMENTWISE_BENCH_SHAPES, _read_write),
+        Case(
+            "logsigmoid",
+            _plain_args,
+            "torch.nn.functional.logsigmoid",
+            ELEMENTWISE_BENCH_SHAPES,
+            _read_write,
+        ),
+    )
+}
+
+
+def with_bench_kwargs(case: Case, shape, dtype, rng, kwargs) -> tuple[tuple, dict]:
+    """Arguments of one benchmark call: the case's generator with the shape's own kwargs."""
+    args, base = case.make_args(shape, dtype, rng)
+    return args, {**base, **kwargs}
