@@ -4,6 +4,14 @@ Same signatures and same numbers as ``torch.nn.functional``, on NumPy arrays. Im
 package compiles nothing; each kernel compiles on first use (and is cached on disk).
 """
 
+from ._cross_entropy import (
+    cross_entropy,
+    cross_entropy_backward,
+    cross_entropy_with_grad,
+    nll_loss,
+    nll_loss_backward,
+    nll_loss_with_grad,
+)
 from ._softmax import (
     log_softmax,
     log_softmax_backward,
@@ -30,4 +38,10 @@ __all__ = [
     "sigmoid_backward",
     "logsigmoid",
     "logsigmoid_backward",
+    "nll_loss",
+    "nll_loss_backward",
+    "nll_loss_with_grad",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "cross_entropy_with_grad",
 ]

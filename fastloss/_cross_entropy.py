@@ -1,0 +1,623 @@
+"""Public cross-entropy and NLL: validation, canonical views, and the fused kernels."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from . import _kernels_ce as K
+from ._arrays import (
+    FLOAT_DTYPES,
+    as_array,
+    check_out,
+    deliver,
+    require_float,
+    storage,
+    tile_for,
+    writable_target,
+)
+from ._reduction import resolve_reduction
+
+__all__ = [
+    "nll_loss",
+    "nll_loss_backward",
+    "nll_loss_with_grad",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "cross_entropy_with_grad",
+]
+
+_ONE = np.ones(1, dtype=np.float64)
+
+
+class _Problem:
+    """A validated call: canonical views and everything the kernels and reductions need."""
+
+    __slots__ = (
+        "x3", "target", "probabilities", "weight", "weight_sum", "ignore_index", "eps",
+        "reduction", "loss_shape", "dtype", "input_shape", "denominator_cache",
+        "index_weight_sum",
+    )
+
+    def denominator(self) -> float:
+        """What 'mean' divides by: sum of w[t] over non-ignored targets, or the row count."""
+        if self.denominator_cache is None:
+            if self.probabilities:
+                self.denominator_cache = float(self.target.size // max(self.x3.shape[1], 1))
+            else:
+                self.denominator_cache = self.index_weight_sum()
+        return self.denominator_cache
+
+    @property
+    def rows(self) -> int:
+        outer, _, inner = self.x3.shape
+        return outer * inner
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_ignore_index(ignore_index, func: str) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(
+            f"{func}(): argument 'ignore_index' must be int, not "
+            f"{type(ignore_index).__name__} ({ignore_index!r})"
+        )
+    return operator.index(ignore_index)
+
+
+def _check_label_smoothing(label_smoothing) -> float:
+    eps = float(label_smoothing)
+    if eps > 1.0:
+        raise ValueError(
+            f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing} "
+            "(pass a value in [0, 1])"
+        )
+    # torch silently treats negative values and NaN as no smoothing.
+    return eps if eps > 0.0 else 0.0
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _class_weight(weight, classes: int, dtype: np.dtype, spatial: bool):
+    """(per-class weights in the compute dtype, their float64 sum, the float64 weights)."""
+    compute = _compute_dtype(dtype)
+    if weight is None:
+        return np.ones(classes, compute), float(classes), None
+    w = as_array(weight, "weight")
+    if w.shape != (classes,):
+        detail = "" if spatial else f" {classes}"
+        raise ValueError(
+            f"weight tensor should be defined either for all{detail} classes or no classes "
+            f"but got weight tensor of shape: {list(w.shape)} (pass one weight per class, "
+            f"shape ({classes},))"
+        )
+    if w.dtype.kind not in "fiub":
+        raise TypeError(f"weight must be a real array, got dtype {w.dtype}")
+    w64 = w.astype(np.float64)
+    return np.ascontiguousarray(w, dtype=compute), float(w64.sum()), w64
+
+
+def _check_index_target(x: np.ndarray, t: np.ndarray) -> tuple[int, ...]:
+    """torch's shape rules for class-index targets; returns the 'none' output shape."""
+    if x.ndim == 1:
+        if t.ndim == 0 or t.shape == (1,):
+            return ()
+        if t.ndim == 1:
+            raise ValueError(
+                f"For 1D input, 1D target must have size 1, but got target size: {t.shape[0]}"
+            )
+        raise ValueError(
+            f"input of shape {x.shape} (one unbatched sample) needs a 0-d target, got shape "
+            f"{t.shape}"
+        )
+    if x.ndim == 2:
+        if t.ndim > 1:
+            raise ValueError(
+                "0D or 1D target tensor expected, multi-target not supported "
+                f"(input {x.shape}, target {t.shape}: pass class indices of shape "
+                f"({x.shape[0]},), or class probabilities of shape {x.shape})"
+            )
+        batch = t.shape[0] if t.ndim == 1 else 0
+        if batch != x.shape[0]:
+            raise ValueError(
+                f"Expected input batch_size ({x.shape[0]}) to match target batch_size "
+                f"({batch})."
+            )
+        return t.shape
+    expected = (x.shape[0],) + x.shape[2:]
+    if t.shape != expected:
+        raise ValueError(
+            f"Expected target size {list(expected)}, got {list(t.shape)} (for input of shape "
+            f"{list(x.shape)} the target holds one class index per position: "
+            "(N, d1, ..., dK))"
+        )
+    return t.shape
+
+
+def _index_target(t: np.ndarray, classes: int, ignore_index: int) -> np.ndarray:
+    """int64 class indices, every one in [0, C) or equal to ignore_index (else IndexError)."""
+    if t.dtype.kind not in "iub":
+        raise ValueError(
+            f"expected target dtype to be an integer type (class indices), but got {t.dtype}; "
+            "for class probabilities pass a target of the input's shape"
+        )
+    if t.size == 0:
+        return np.ascontiguousarray(t, dtype=np.int64)
+    low, high = t.min(), t.max()
+    if t.dtype == np.uint64 and high > np.iinfo(np.int64).max:
+        raise IndexError(f"Target {high} is out of bounds for {classes} classes.")
+    t64 = np.ascontiguousarray(t, dtype=np.int64)
+    if low < 0 or high >= classes:
+        bad = (t64 != ignore_index) & ((t64 < 0) | (t64 >= classes))
+        if bad.any():
+            value = int(t64[bad].flat[0])
+            raise IndexError(
+                f"Target {value} is out of bounds for {classes} classes (valid targets are "
+                f"0..{classes - 1}, or ignore_index={ignore_index})"
+            )
+    return t64
+
+
+def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothing, cross):
+    x = as_array(input, "input")
+    t = as_array(target, "target")
+    require_float(x, func)
+    ii = _check_ignore_index(ignore_index, func)
+    eps = _check_label_smoothing(label_smoothing) if cross else 0.0
+    problem = _Problem()
+    problem.reduction = reduction
+    problem.eps = eps
+    problem.ignore_index = ii
+    problem.denominator_cache = None
+    if x.ndim == 0:
+        if not cross:
+            raise ValueError("Expected 1 or more dimensions (got 0)")
+        if t.dtype.kind == "f":
+            raise IndexError(
+                "Dimension specified as 1 but tensor has no dimensions (a 0-d input has no "
+                "class dim: pass logits of shape (C,) or (N, C))"
+            )
+    probabilities = cross and t.shape == x.shape
+    problem.probabilities = probabilities
+    if probabilities:
+        if t.dtype.kind != "f":
+            raise ValueError(
+                f"Expected floating point type for target with class probabilities, got "
+                f"{t.dtype} (class indices have shape {x.shape[:1] + x.shape[2:]})"
+            )
+        if ii >= 0:
+            raise ValueError(
+                f"ignore_index is not supported for floating point target (got ignore_index="
+                f"{ii}; leave it at its default -100 for class-probability targets)"
+            )
+        dtype = np.result_type(x.dtype, t.dtype)
+        if dtype not in FLOAT_DTYPES:
+            dtype = np.dtype(np.float64)
+        x = x.astype(dtype, copy=False)
+        t = t.astype(dtype, copy=False)
+        loss_shape = x.shape[:1] + x.shape[2:] if x.ndim > 1 else ()
+    else:
+        loss_shape = _check_index_target(x, t)
+    dtype = x.dtype
+    problem.dtype = dtype
+    problem.input_shape = x.shape
+    problem.loss_shape = loss_shape
+    classes = x.shape[1] if x.ndim > 1 else x.shape[0]
+    problem.weight, problem.weight_sum, weight64 = _class_weight(
+        weight, classes, dtype, spatial=x.ndim > 2
+    )
+    # Canonical views: (N, C, prod(d)) with the class axis in the middle, unbatched as N = 1.
+    outer = x.shape[0] if x.ndim > 1 else 1
+    inner = math.prod(x.shape[2:])
+    problem.x3 = np.ascontiguousarray(x).reshape(outer, classes, inner)
+    if probabilities:
+        problem.target = np.ascontiguousarray(t).reshape(outer, classes, inner)
+    else:
+        t64 = _index_target(t, classes, ii)
+        problem.target = t64.reshape(outer, inner)
+
+        def index_weight_sum():
+            valid = problem.target != ii
+            if weight64 is None:
+                return float(np.count_nonzero(valid))
+            return float(np.sum(weight64[problem.target[valid]]))
+
+        problem.index_weight_sum = index_weight_sum
+    return problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel runs
+
+
+def _upstream(problem: _Problem, grad_output, func: str) -> tuple[np.ndarray, int]:
+    """(upstream factors as float64, step): one scalar or one value per row."""
+    if problem.reduction == "none":
+        if grad_output is None:
+            return np.ones(max(problem.rows, 1)), 1
+        g = as_array(grad_output, "grad_output")
+        if g.shape != tuple(problem.loss_shape):
+            raise ValueError(
+                f"{func}: grad_output has shape {g.shape}, but reduction='none' gives a loss "
+                f"of shape {tuple(problem.loss_shape)}; pass a gradient of that shape"
+            )
+        return np.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1
+    scale = 1.0
+    if grad_output is not None:
+        g = as_array(grad_output, "grad_output")
+        if g.size != 1:
+            raise ValueError(
+                f"{func}: grad_output has shape {g.shape}, but reduction="
+                f"'{problem.reduction}' gives a scalar loss; pass a scalar"
+            )
+        scale = float(g.reshape(()))
+    if problem.reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.float64(scale) / np.float64(problem.denominator())
+    return np.array([scale], dtype=np.float64), 0
+
+
+def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool) -> np.ndarray:
+    x3 = problem.x3
+    outer, classes, inner = x3.shape
+    row_loss = np.empty(outer * inner, dtype=np.float64)
+    if row_loss.size == 0:
+        return row_loss
+    xs = storage(x3)
+    gs = storage(grad3) if want_grad else np.empty((0, 0, 0), xs.dtype)
+    work = x3.size
+    if inner == 1:
+        x2, g2 = xs.reshape(outer, classes), gs.reshape(gs.shape[0], gs.shape[1])
+        if problem.probabilities:
+            y2 = storage(problem.target).reshape(outer, classes)
+            K.cross_entropy_prob_rows(
+                work, outer, x2, y2, problem.weight, problem.eps, upstream, step, want_grad,
+                row_loss, g2,
+            )
+        elif cross:
+            K.cross_entropy_rows(
+                work, outer, x2, problem.target.reshape(outer), problem.weight,
+                problem.weight_sum, problem.ignore_index, problem.eps, upstream, step,
+                want_grad, row_loss, g2,
+            )
+        else:
+            K.nll_rows(
+                work, outer, x2, problem.target.reshape(outer), problem.weight,
+                problem.ignore_index, upstream, step, want_grad, row_loss, g2,
+            )
+        return row_loss
+    tile = tile_for(classes, x3.dtype, inner)
+    items = outer * (-(-inner // tile))
+    if problem.probabilities:
+        K.cross_entropy_prob_strided(
+            work, items, xs, storage(problem.target), problem.weight, problem.eps, upstream,
+            step, want_grad, row_loss, gs, tile,
+        )
+    elif cross:
+        K.cross_entropy_strided(
+            work, items, xs, problem.target, problem.weight, problem.weight_sum,
+            problem.ignore_index, problem.eps, upstream, step, want_grad, row_loss, gs, tile,
+        )
+    else:
+        K.nll_strided(
+            work, items, xs, problem.target, problem.weight, problem.ignore_index, upstream,
+            step, want_grad, row_loss, gs, tile,
+        )
+    return row_loss
+
+
+def _reduce(problem: _Problem, row_loss: np.ndarray) -> np.ndarray:
+    """Row losses -> the forward result, summed in float64 in a fixed order."""
+    if problem.reduction == "none":
+        return row_loss.astype(problem.dtype).reshape(problem.loss_shape)
+    total = np.sum(row_loss)  # pairwise, fixed order: identical for any thread count
+    if problem.reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = total / np.float64(problem.denominator())
+    return np.asarray(total, dtype=problem.dtype)
+
+
+def _forward(func, cross, input, target, weight, size_average, ignore_index, reduce,
+             reduction, label_smoothing):
+    reduction = resolve_reduction(size_average, reduce, reduction, stacklevel=3)
+    problem = _prepare(func, input, target, weight, ignore_index, reduction, label_smoothing,
+                       cross)
+    empty_grad = np.empty((0, 0, 0), problem.x3.dtype)
+    return _reduce(problem, _run(problem, False, _ONE, 0, empty_grad, cross))
+
+
+def _value_and_grad(func, cross, want_loss, grad_output, out, input, target, weight,
+                    size_average, ignore_index, reduce, reduction, label_smoothing):
+    reduction = resolve_reduction(size_average, reduce, reduction, stacklevel=3)
+    problem = _prepare(func, input, target, weight, ignore_index, reduction, label_smoothing,
+                       cross)
+    if out is not None:
+        check_out(out, problem.input_shape, problem.dtype)
+    upstream, step = _upstream(problem, grad_output, func)
+    grad = writable_target(out, problem.input_shape, problem.dtype, problem.x3, problem.target)
+    row_loss = _run(problem, True, upstream, step, grad.reshape(problem.x3.shape), cross)
+    grad = deliver(grad, out)
+    return (_reduce(problem, row_loss), grad) if want_loss else grad
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+             reduction="mean"):
+    r"""Negative log-likelihood loss of log-probabilities ``input`` at class-index targets.
+
+    .. math::
+
+        \ell_i = -w_{t_i}\, x_{i, t_i}, \qquad
+        \text{mean} = \frac{\sum_{i: t_i \ne \text{ii}} \ell_i}
+                           {\sum_{i: t_i \ne \text{ii}} w_{t_i}}
+
+    Rows whose target equals ``ignore_index`` contribute 0 to the sum and nothing to the
+    denominator.
+
+    Parameters
+    ----------
+    input : array_like
+        Log-probabilities (any floats are accepted), shape (C,), (N, C) or
+        (N, C, d1, ..., dK); float16, bfloat16, float32 or float64.
+    target : array_like of int
+        Class indices in [0, C) (or ``ignore_index``), shape (), (N,) or (N, d1, ..., dK).
+        Any integer dtype.
+    weight : array_like, optional
+        Per-class weights, shape (C,).
+    size_average, reduce : bool, optional
+        Deprecated torch arguments; when either is given it overrides ``reduction`` (with
+        torch's warning).
+    ignore_index : int, default -100
+        Target value that is skipped (any int, including a valid class).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+
+    Returns
+    -------
+    numpy.ndarray
+        0-d for 'mean'/'sum', the target's shape for 'none'; in the input's dtype.
+
+    Raises
+    ------
+    IndexError
+        A target outside [0, C) that is not ``ignore_index``.
+    ValueError
+        Mismatched shapes, a bad weight or reduction.
+
+    See Also
+    --------
+    torch.nn.functional.nll_loss
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> log_probs = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]]))
+    >>> fl.nll_loss(log_probs, np.array([0, 1]))
+    array(0.28990924)
+    """
+    return _forward("nll_loss", False, input, target, weight, size_average, ignore_index,
+                    reduce, reduction, 0.0)
+
+
+def nll_loss_backward(grad_output, input, target, weight=None, size_average=None,
+                      ignore_index=-100, reduce=None, reduction="mean", *, out=None):
+    r"""Gradient of :func:`nll_loss` with respect to ``input``.
+
+    .. math::
+
+        \frac{\partial L}{\partial x_{ic}} = -g_i\, w_{t_i} [c = t_i]
+
+    with :math:`g_i` the upstream gradient (divided by the mean's denominator for 'mean').
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Scalar for 'mean'/'sum', the loss's shape for 'none'.
+    input, target, weight, size_average, ignore_index, reduce, reduction
+        As for :func:`nll_loss`.
+    out : numpy.ndarray, optional
+        Array shaped and typed like ``input`` to write into (may be ``input``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shaped and typed like ``input``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> fl.nll_loss_backward(1.0, np.zeros((2, 3)), np.array([0, 2]))
+    array([[-0.5,  0. ,  0. ],
+           [ 0. ,  0. , -0.5]])
+    """
+    return _value_and_grad("nll_loss", False, False, grad_output, out, input, target, weight,
+                           size_average, ignore_index, reduce, reduction, 0.0)
+
+
+def nll_loss_with_grad(input, target, weight=None, size_average=None, ignore_index=-100,
+                       reduce=None, reduction="mean", grad_output=None, out=None):
+    """:func:`nll_loss` and its gradient in one call.
+
+    Parameters
+    ----------
+    input, target, weight, size_average, ignore_index, reduce, reduction
+        As for :func:`nll_loss`.
+    grad_output : array_like, optional
+        Upstream gradient; ``None`` means 1 ('mean'/'sum') or ones ('none').
+    out : numpy.ndarray, optional
+        Where to write the gradient (may be ``input``).
+
+    Returns
+    -------
+    loss : numpy.ndarray
+        As :func:`nll_loss` returns.
+    grad : numpy.ndarray
+        As :func:`nll_loss_backward` returns.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> loss, grad = fl.nll_loss_with_grad(np.log(np.full((1, 2), 0.5)), np.array([1]))
+    >>> loss, grad
+    (array(0.69314718), array([[-0., -1.]]))
+    """
+    return _value_and_grad("nll_loss", False, True, grad_output, out, input, target, weight,
+                           size_average, ignore_index, reduce, reduction, 0.0)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
+                  reduce=None, reduction="mean", label_smoothing=0.0):
+    r"""Cross-entropy of logits ``input`` against class indices or class probabilities.
+
+    Computed without forming log_softmax: for class-index targets, with
+    :math:`\operatorname{lse}_i = \log\sum_c e^{x_{ic}}` and smoothing :math:`\varepsilon`,
+
+    .. math::
+
+        \ell_i = (1-\varepsilon)\, w_{t_i} (\operatorname{lse}_i - x_{i t_i})
+                 + \frac{\varepsilon}{C} \sum_c w_c (\operatorname{lse}_i - x_{ic})
+
+    and 'mean' divides by :math:`\sum_{i: t_i \ne \text{ii}} w_{t_i}`. For probability
+    targets :math:`y` (same shape as ``input``), with :math:`y' = (1-\varepsilon) y +
+    \varepsilon / C`, :math:`\ell_i = -\sum_c w_c y'_{ic} \log p_{ic}` and 'mean' divides by
+    the number of rows :math:`N d_1 \cdots d_K`.
+
+    Parameters
+    ----------
+    input : array_like
+        Logits, shape (C,), (N, C) or (N, C, d1, ..., dK); class axis 1 (0 unbatched).
+    target : array_like
+        Class indices (any integer dtype), shape (), (N,) or (N, d1, ..., dK); or class
+        probabilities shaped like ``input`` (floating).
+    weight : array_like, optional
+        Per-class weights, shape (C,).
+    size_average, reduce : bool, optional
+        Deprecated torch arguments, as in :func:`nll_loss`.
+    ignore_index : int, default -100
+        Skipped target value (class-index targets only).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    label_smoothing : float, default 0.0
+        In [0, 1]; values below 0 (and NaN) mean 0, as in torch.
+
+    Returns
+    -------
+    numpy.ndarray
+        0-d for 'mean'/'sum'; for 'none', the target's shape (index targets) or the input's
+        shape without the class axis (probability targets).
+
+    Raises
+    ------
+    IndexError
+        A class index outside [0, C) that is not ``ignore_index``.
+    ValueError
+        Mismatched shapes, bad weight, label_smoothing > 1, ignore_index >= 0 with
+        probability targets, or a bad reduction.
+
+    Notes
+    -----
+    Per-row losses are accumulated in float64 and reduced in a fixed order, so 'mean' and
+    'sum' are bitwise identical for any thread count and more accurate than torch's float32
+    accumulation. Spatial inputs are computed on their own layout, with no transposed copy.
+
+    See Also
+    --------
+    torch.nn.functional.cross_entropy, cross_entropy_with_grad
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[1.0, 2.0, 3.0]] * 3)
+    >>> fl.cross_entropy(logits, np.array([2, 1, 0]))
+    array(1.40760596)
+    """
+    return _forward("cross_entropy", True, input, target, weight, size_average, ignore_index,
+                    reduce, reduction, label_smoothing)
+
+
+def cross_entropy_backward(grad_output, input, target, weight=None, size_average=None,
+                           ignore_index=-100, reduce=None, reduction="mean",
+                           label_smoothing=0.0, *, out=None):
+    r"""Gradient of :func:`cross_entropy` with respect to the logits.
+
+    .. math::
+
+        \frac{\partial L}{\partial x_{ic}} = g_i \Big[(1-\varepsilon) w_{t_i}
+            (p_{ic} - [c = t_i]) + \frac{\varepsilon}{C}\big(S p_{ic} - w_c\big)\Big],
+        \qquad S = \sum_c w_c
+
+    (for probability targets :math:`g_i (A_i p_{ic} - w_c y'_{ic})`, :math:`A_i = \sum_c
+    w_c y'_{ic}`), with :math:`p = \operatorname{softmax}(x)` and :math:`g_i` the upstream
+    gradient divided by the mean's denominator for 'mean'.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Scalar for 'mean'/'sum', the loss's shape for 'none'.
+    input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As for :func:`cross_entropy`.
+    out : numpy.ndarray, optional
+        Array shaped and typed like ``input`` to write into (may be ``input``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shaped and typed like ``input``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[1.0, 2.0, 3.0]] * 3)
+    >>> fl.cross_entropy_backward(1.0, logits, np.array([2, 1, 0])).round(4)
+    array([[ 0.03  ,  0.0816, -0.1116],
+           [ 0.03  , -0.2518,  0.2217],
+           [-0.3033,  0.0816,  0.2217]])
+    """
+    return _value_and_grad("cross_entropy", True, False, grad_output, out, input, target,
+                           weight, size_average, ignore_index, reduce, reduction,
+                           label_smoothing)
+
+
+def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignore_index=-100,
+                            reduce=None, reduction="mean", label_smoothing=0.0,
+                            grad_output=None, out=None):
+    """:func:`cross_entropy` and its gradient, fused: the fast path for training.
+
+    One pass over the logits computes each row's max and sum of exponentials (online,
+    blockwise), the loss, and the gradient written once (into ``out`` when given, which may
+    be ``input`` itself); no log_softmax is ever formed.
+
+    Parameters
+    ----------
+    input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As for :func:`cross_entropy`.
+    grad_output : array_like, optional
+        Upstream gradient; ``None`` means 1 ('mean'/'sum') or ones ('none').
+    out : numpy.ndarray, optional
+        Where to write the gradient (shaped and typed like ``input``; may be ``input``).
+
+    Returns
+    -------
+    loss : numpy.ndarray
+        As :func:`cross_entropy` returns.
+    grad : numpy.ndarray
+        As :func:`cross_entropy_backward` returns.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[1.0, 2.0, 3.0]] * 3)
+    >>> loss, grad = fl.cross_entropy_with_grad(logits, np.array([2, 1, 0]))
+    >>> round(float(loss), 4), grad.sum(axis=1).round(12)
+    (1.4076, array([0., 0., 0.]))
+    """
+    return _value_and_grad("cross_entropy", True, True, grad_output, out, input, target,
+                           weight, size_average, ignore_index, reduce, reduction,
+                           label_smoothing)
