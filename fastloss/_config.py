@@ -60,7 +60,13 @@ def jit(func):
 
 
 class Kernel:
-    """A ``prange`` kernel compiled as a serial and as a parallel twin, chosen per call."""
+    """A ``prange`` kernel compiled as a serial and as a parallel twin, chosen per call.
+
+    Calling it as ``kernel(work_elements, work_items, *args)`` runs the serial twin for small
+    work, and otherwise the parallel twin when ``_threads.parallel_slot`` grants one (it
+    refuses in a forked child of an OpenMP process, and while another thread holds the
+    workqueue layer, which aborts the process on concurrent use).
+    """
 
     def __init__(self, func):
         self.serial = numba.njit(parallel=False, **_OPTIONS)(func)
@@ -68,14 +74,16 @@ class Kernel:
         self.__name__ = func.__name__
         self.__doc__ = func.__doc__
 
-    def pick(self, work_elements: int, work_items: int):
-        """The twin to run for ``work_elements`` elements split into ``work_items`` items."""
-        if work_items < 2 or work_elements < PARALLEL_MIN_ELEMENTS:
-            return self.serial
-        return self.parallel
-
     def __call__(self, work_elements: int, work_items: int, *args):
-        return self.pick(work_elements, work_items)(*args)
+        if work_items < 2 or work_elements < PARALLEL_MIN_ELEMENTS:
+            return self.serial(*args)
+        return self.run_parallel(*args)
+
+    def run_parallel(self, *args):
+        from ._threads import parallel_slot
+
+        with parallel_slot() as granted:
+            return (self.parallel if granted else self.serial)(*args)
 
 
 def kernel(func) -> Kernel:

@@ -263,12 +263,16 @@ def _upstream(problem: _Problem, grad_output, func: str) -> tuple[np.ndarray, in
     return np.array([scale], dtype=np.float64), 0
 
 
-def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool) -> np.ndarray:
+def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool):
+    """-> (per-row loss terms, per-row smoothing terms or None), both float64."""
     x3 = problem.x3
     outer, classes, inner = x3.shape
     row_loss = np.empty(outer * inner, dtype=np.float64)
+    index_smoothing = cross and not problem.probabilities and problem.eps > 0.0
+    row_smooth = np.empty(outer * inner if index_smoothing else 0, dtype=np.float64)
+    terms = (row_loss, row_smooth if index_smoothing else None)
     if row_loss.size == 0:
-        return row_loss
+        return terms
     xs = storage(x3)
     gs = storage(grad3) if want_grad else np.empty((0, 0, 0), xs.dtype)
     work = x3.size
@@ -284,14 +288,14 @@ def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool)
             K.cross_entropy_rows(
                 work, outer, x2, problem.target.reshape(outer), problem.weight,
                 problem.weight_sum, problem.ignore_index, problem.eps, upstream, step,
-                want_grad, row_loss, g2,
+                want_grad, row_loss, row_smooth, g2,
             )
         else:
             K.nll_rows(
                 work, outer, x2, problem.target.reshape(outer), problem.weight,
                 problem.ignore_index, upstream, step, want_grad, row_loss, g2,
             )
-        return row_loss
+        return terms
     tile = tile_for(classes, x3.dtype, inner)
     items = outer * (-(-inner // tile))
     if problem.probabilities:
@@ -302,24 +306,39 @@ def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool)
     elif cross:
         K.cross_entropy_strided(
             work, items, xs, problem.target, problem.weight, problem.weight_sum,
-            problem.ignore_index, problem.eps, upstream, step, want_grad, row_loss, gs, tile,
+            problem.ignore_index, problem.eps, upstream, step, want_grad, row_loss, row_smooth,
+            gs, tile,
         )
     else:
         K.nll_strided(
             work, items, xs, problem.target, problem.weight, problem.ignore_index, upstream,
             step, want_grad, row_loss, gs, tile,
         )
-    return row_loss
+    return terms
 
 
-def _reduce(problem: _Problem, row_loss: np.ndarray) -> np.ndarray:
-    """Row losses -> the forward result, summed in float64 in a fixed order."""
+def _reduce(problem: _Problem, terms) -> np.ndarray:
+    """Per-row terms -> the forward result, summed in float64 in a fixed order.
+
+    With label smoothing the loss is (1 - eps) * nll + (eps / C) * smooth, each term reduced
+    on its own as torch does (so a zero 'mean' denominator gives NaN, not inf).
+    """
+    row_loss, row_smooth = terms
+    classes = problem.x3.shape[1]
+    keep, spread = 1.0 - problem.eps, problem.eps / max(classes, 1)
     if problem.reduction == "none":
+        if row_smooth is not None:
+            row_loss = keep * row_loss + spread * row_smooth
         return row_loss.astype(problem.dtype).reshape(problem.loss_shape)
-    total = np.sum(row_loss)  # pairwise, fixed order: identical for any thread count
-    if problem.reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            total = total / np.float64(problem.denominator())
+    # np.sum is pairwise in a fixed order: identical for any thread count.
+    total, smooth = np.sum(row_loss), None if row_smooth is None else np.sum(row_smooth)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if problem.reduction == "mean":
+            denominator = np.float64(problem.denominator())
+            total = total / denominator
+            smooth = None if smooth is None else smooth / denominator
+        if smooth is not None:
+            total = keep * total + spread * smooth
     return np.asarray(total, dtype=problem.dtype)
 
 

@@ -96,30 +96,45 @@ def _target_sums_row(x, y, r, weight, keep, uniform):
 @kernel
 def cross_entropy_rows(
     x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
-    row_loss, grad,
+    row_loss, row_smooth, grad,
 ):
+    """Index targets on rows. row_loss gets w_t (lse - x_t), row_smooth S lse - sum w_c x_c
+    (when eps > 0): torch reduces the two terms separately, which matters when 'mean' divides
+    by a zero weight sum."""
     rows, classes = x.shape
     smoothing = eps > 0.0
     for r in prange(rows):
         t = target[r]
-        if t == ignore_index or t < 0 or t >= classes:
+        ignored = t == ignore_index or t < 0 or t >= classes
+        if ignored and not want_grad:
             row_loss[r] = 0.0
-            if want_grad:
-                _zero_row(grad, r)
+            if smoothing:
+                row_smooth[r] = 0.0
             continue
         m, s = _row_state(x, r, 0, classes)
+        if ignored:
+            # The loss is 0, but torch's gradient of a row whose softmax is NaN is NaN.
+            row_loss[r] = 0.0
+            if smoothing:
+                row_smooth[r] = 0.0
+            if _is_regular(m, s):
+                _zero_row(grad, r)
+            else:
+                _fill_row_nan(grad, r)
+            continue
         if not _is_regular(m, s):
             row_loss[r] = np.nan
+            if smoothing:
+                row_smooth[r] = np.nan
             if want_grad:
                 _fill_row_nan(grad, r)
             continue
         log_s = log_pos(s)
         lse = np.float64(m) + log_s
         w_t = np.float64(weight[t])
-        loss = (1.0 - eps) * w_t * (lse - np.float64(load(x[r, t])))
+        row_loss[r] = w_t * (lse - np.float64(load(x[r, t])))
         if smoothing:
-            loss += eps / classes * (weight_sum * lse - _weighted_sum_row(x, r, weight))
-        row_loss[r] = loss
+            row_smooth[r] = weight_sum * lse - _weighted_sum_row(x, r, weight)
         if not want_grad:
             continue
         g = np.float64(load(upstream[r * upstream_step]))
@@ -203,9 +218,10 @@ def _tile_bounds(w, ntiles, tile, inner):
 @kernel
 def cross_entropy_strided(
     x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
-    row_loss, grad, tile,
+    row_loss, row_smooth, grad, tile,
 ):
-    """Index targets on (O, C, I); row_loss and upstream are (O * I,) in (o, i) order."""
+    """Index targets on (O, C, I); see cross_entropy_rows. Per-position outputs are (O * I,)
+    in (o, i) order."""
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     smoothing = eps > 0.0
@@ -228,16 +244,19 @@ def cross_entropy_strided(
             c_t = tt[t]
             if c_t == ignore_index or c_t < 0 or c_t >= classes:
                 row_loss[k] = 0.0
+                if smoothing:
+                    row_smooth[k] = 0.0
                 continue
             if not _is_regular(m[t], s[t]):
                 row_loss[k] = np.nan
+                if smoothing:
+                    row_smooth[k] = np.nan
                 continue
             lse = np.float64(m[t]) + np.float64(log_s[t])
             w_t = np.float64(weight[c_t])
-            loss = (1.0 - eps) * w_t * (lse - np.float64(load(x[o, c_t, p0 + t])))
+            row_loss[k] = w_t * (lse - np.float64(load(x[o, c_t, p0 + t])))
             if smoothing:
-                loss += eps / classes * (weight_sum * lse - smooth[t])
-            row_loss[k] = loss
+                row_smooth[k] = weight_sum * lse - smooth[t]
             g = np.float64(load(upstream[k * upstream_step]))
             scale[t] = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes))
             per_class[t] = const(x, g * eps / classes)
@@ -252,15 +271,13 @@ def cross_entropy_strided(
         for t in range(n):
             k = o * inner + p0 + t
             c_t = tt[t]
-            ignored = c_t == ignore_index or c_t < 0 or c_t >= classes
             if not _is_regular(m[t], s[t]):
-                # An ignored position gets 0 even when its logits hold NaN or +inf.
-                fill = store(0.0 if ignored else np.nan, grad)
+                # NaN whether ignored or not: torch's gradient of a NaN softmax.
                 column = grad[o, :, p0 + t]
                 for c in range(classes):
-                    column[c] = fill
+                    column[c] = store(np.nan, grad)
                 continue
-            if ignored:
+            if c_t == ignore_index or c_t < 0 or c_t >= classes:
                 continue  # scale and per_class are 0: the column is already 0
             g = np.float64(load(upstream[k * upstream_step]))
             w_t = np.float64(weight[c_t])

@@ -31,7 +31,15 @@ class Case:
     bench_shapes: tuple[tuple[tuple[int, ...], dict], ...] = ()
     # Bytes that must cross memory for one forward call, given its arguments and result.
     traffic: Callable[[tuple, dict, np.ndarray], int] | None = None
+    # Named option sets: each maps (shape, dtype, rng) to extra kwargs for the call.
+    variants: tuple[tuple[str, Callable], ...] = (("plain", lambda shape, dtype, rng: {}),)
     has_loss_grad: bool = False
+
+    @property
+    def fastloss_with_grad(self) -> Callable | None:
+        if not self.has_loss_grad:
+            return None
+        return getattr(importlib.import_module("fastloss"), self.name + "_with_grad")
 
     @property
     def fastloss(self) -> Callable:
@@ -76,6 +84,45 @@ def _plain_args(shape, dtype, rng):
     return (_logits(shape, dtype, rng),), {}
 
 
+def _class_count(shape) -> int:
+    return shape[1] if len(shape) > 1 else shape[0]
+
+
+def _class_targets(shape, rng) -> np.ndarray:
+    target_shape = (shape[0],) + tuple(shape[2:]) if len(shape) > 1 else ()
+    return np.asarray(rng.integers(0, _class_count(shape), target_shape))
+
+
+def _classification_args(shape, dtype, rng):
+    return (_logits(shape, dtype, rng), _class_targets(shape, rng)), {}
+
+
+def _log_probability_args(shape, dtype, rng):
+    x = _logits(shape, dtype, rng)
+    axis = 1 if len(shape) > 1 else 0
+    log_probs = x - np.log(np.exp(x.astype(np.float64)).sum(axis, keepdims=True)).astype(dtype)
+    return (log_probs, _class_targets(shape, rng)), {}
+
+
+def _all_options(shape, dtype, rng):
+    """weight + label_smoothing + ignore_index (class 0 ignored) together."""
+    return {
+        "weight": rng.uniform(0.5, 2.0, _class_count(shape)).astype(dtype),
+        "label_smoothing": 0.1,
+        "ignore_index": 0,
+    }
+
+
+def _nll_options(shape, dtype, rng):
+    options = _all_options(shape, dtype, rng)
+    del options["label_smoothing"]
+    return options
+
+
+def _classification_traffic(args, kwargs, result) -> int:
+    return args[0].nbytes + args[1].nbytes + np.asarray(result).nbytes
+
+
 # The shapes of the foundation issue: two large-vocabulary cases, a mid one, a tiny one, and
 # a spatial (N, C, H, W) reduction over the class dim 1.
 SOFTMAX_BENCH_SHAPES = (
@@ -86,6 +133,13 @@ SOFTMAX_BENCH_SHAPES = (
     ((16, 21, 256, 256), {"dim": 1}),
 )
 ELEMENTWISE_BENCH_SHAPES = (((4096, 32000), {}), ((32, 10), {}))
+CLASSIFICATION_BENCH_SHAPES = (
+    ((4096, 32000), {}),
+    ((65536, 1000), {}),
+    ((8192, 128), {}),
+    ((32, 10), {}),
+    ((16, 21, 256, 256), {}),
+)
 
 CASES: dict[str, Case] = {
     case.name: case
@@ -112,6 +166,24 @@ CASES: dict[str, Case] = {
             "torch.nn.functional.logsigmoid",
             ELEMENTWISE_BENCH_SHAPES,
             _read_write,
+        ),
+        Case(
+            "cross_entropy",
+            _classification_args,
+            "torch.nn.functional.cross_entropy",
+            CLASSIFICATION_BENCH_SHAPES,
+            _classification_traffic,
+            variants=(("plain", lambda shape, dtype, rng: {}), ("options", _all_options)),
+            has_loss_grad=True,
+        ),
+        Case(
+            "nll_loss",
+            _log_probability_args,
+            "torch.nn.functional.nll_loss",
+            CLASSIFICATION_BENCH_SHAPES,
+            _classification_traffic,
+            variants=(("plain", lambda shape, dtype, rng: {}), ("options", _nll_options)),
+            has_loss_grad=True,
         ),
     )
 }

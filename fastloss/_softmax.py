@@ -53,7 +53,7 @@ def _run_lse(x3: np.ndarray, out2: np.ndarray) -> None:
         rows = xs.reshape(outer, channels)
         flat_out = os_.reshape(outer)
         if outer < 2 * thread_count() and channels >= 2 * K.SPLIT_CHUNK:
-            K.lse_rows_split.parallel(rows, flat_out, K.SPLIT_CHUNK)
+            K.lse_rows_split.run_parallel(rows, flat_out, K.SPLIT_CHUNK)
         else:
             K.lse_rows(rows.size, outer, rows, flat_out)
     else:

@@ -90,6 +90,11 @@ def _floating(x):
     return x
 
 
+def _weight_array(weight, x):
+    """A weight (weight, pos_weight) as an array in the dtype of the input ``x``."""
+    return np.asarray(weight).astype(x.dtype)
+
+
 def _resolve_reduction(size_average, reduce, reduction):
     """torch's rule: if either legacy argument is given, it overrides ``reduction``.
 
@@ -151,14 +156,13 @@ def _at_least_1d(x):
 # --------------------------------------------------------------------------------------
 
 
-def _shift_by_max(x, axes):
-    """Return ``(x - m, m)`` with ``m`` the max over ``axes`` (keepdims).
+def _minus_max(x, axis):
+    """``x`` minus its max along ``axis``: the shift that makes softmax safe from overflow.
 
     ``initial=-inf`` makes the max of an empty axis -inf instead of an error. A nan in the
-    row makes m nan, so the whole row becomes nan, as in torch.
+    row makes the max nan, so the whole row becomes nan, as in torch.
     """
-    m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)
-    return x - m, m
+    return x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
 
 
 @_numpy_result
@@ -199,7 +203,7 @@ def _softmax_and_log_softmax(x, dim):
     """Both softmax and log_softmax of ``x`` along the int ``dim`` (computed in x's dtype)."""
     x1 = _at_least_1d(x)
     axis = int(dim) % x1.ndim
-    shifted, _ = _shift_by_max(x1, axis)
+    shifted = _minus_max(x1, axis)
     exps = np.exp(shifted)
     total = np.sum(exps, axis=axis, keepdims=True)
     # Unlike logsumexp, an infinite max is not replaced: a row with +inf or all -inf
@@ -472,7 +476,7 @@ def cross_entropy_backward(
 
 def _log_softmax_last(x):
     """log_softmax over the last axis (classes)."""
-    shifted, _ = _shift_by_max(x, -1)
+    shifted = _minus_max(x, -1)
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
@@ -493,17 +497,17 @@ def _cross_entropy_indices(input, target, weight, ignore_index, reduction, eps):
     return (1 - eps) * nll + _smoothing_per_class(eps, rows.num_classes) * smooth
 
 
-def _cross_entropy_indices_backward(grad_output, input, target, weight, ignore_index, reduction, eps):
+def _cross_entropy_indices_backward(
+    grad_output, input, target, weight, ignore_index, reduction, eps
+):
     """dx_ic = g_i ((1-eps) w[t_i] (p_ic - [c == t_i]) + (eps/C) (S p_ic - w_c)), S = sum_c w_c."""
     rows = _IndexTargetRows(input, target, weight, ignore_index)
     probs = np.exp(_log_softmax_last(rows.x))
     g = rows.upstream(grad_output, reduction)[..., None]
-    # g_i * w[t_i] is formed first, as in torch's backward: with 'mean' and W = 0 it is
-    # 0 * inf = nan, which makes every entry of the row nan (torch's result). For ignored
-    # rows g_i = 0, so a row of finite logits gets 0 but a row whose softmax is nan (it
-    # holds +inf or nan, or is all -inf) gets nan, also as in torch.
-    g_times_target_weight = g * rows.target_weights[..., None]
-    grad = (1 - eps) * g_times_target_weight * (probs - rows.one_hot())
+    # With 'mean' and W = 0, g_i = inf and w[t_i] = 0 make the whole row nan (0 * inf),
+    # as in torch. Ignored rows have g_i = 0: a row of finite logits gets 0, but a row whose
+    # softmax is nan (it holds +inf or nan, or is all -inf) gets nan, also as in torch.
+    grad = (1 - eps) * g * (rows.target_weights[..., None] * (probs - rows.one_hot()))
     if eps > 0:
         weight_sum = np.sum(rows.weights)
         per_class = _smoothing_per_class(eps, rows.num_classes)
@@ -518,7 +522,7 @@ def _smoothed_weighted_targets(input, target, weight, eps):
     if eps > 0:
         y = (1 - eps) * y + _smoothing_per_class(eps, num_classes)
     if weight is not None:
-        y = y * np.asarray(weight).astype(x.dtype)
+        y = y * _weight_array(weight, x)
     return _log_softmax_last(x), y
 
 
@@ -552,9 +556,9 @@ def _cross_entropy_probabilities_backward(grad_output, input, target, weight, re
 # --------------------------------------------------------------------------------------
 
 
-def _xlogy(x, y):
-    """x * log(y), with 0 where x == 0 (unless y is nan), like torch.xlogy."""
-    return np.where((x == 0) & ~np.isnan(y), 0, x * np.log(y))
+def _t_log_t(t):
+    """torch.xlogy(t, t): t * log(t) with 0 at t = 0; nan for t < 0 or nan."""
+    return np.where(t == 0, 0, t * np.log(t))
 
 
 def _kl_reduction(size_average, reduce, reduction):
@@ -583,7 +587,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
     if log_target:
         loss = np.exp(t) * (t - x)  # t = -inf gives 0 * inf = nan
     else:
-        loss = _xlogy(t, t) - t * x  # t = 0 with x = -inf gives 0 - nan = nan
+        loss = _t_log_t(t) - t * x  # t = 0 with x = -inf gives 0 - nan = nan
     reduced = _reduce(loss, mode, loss.size)
     return reduced / _batch_size(x) if per_batch else reduced
 
@@ -608,7 +612,9 @@ def kl_div_backward(
 
 
 @_numpy_result
-def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+def binary_cross_entropy(
+    input, target, weight=None, size_average=None, reduce=None, reduction="mean"
+):
     reduction = _resolve_reduction(size_average, reduce, reduction)
     x, y = np.asarray(input), np.asarray(target)
     # Clamping the logs at -100 makes x = 0 or 1 finite; log1p(-x) keeps 1 - x accurate.
@@ -616,7 +622,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     log_1mx = np.maximum(np.log1p(-x), _BCE_LOG_CLAMP)
     loss = (y - 1) * log_1mx - y * log_x
     if weight is not None:
-        loss = loss * np.asarray(weight).astype(x.dtype)
+        loss = loss * _weight_array(weight, x)
     return _reduce(loss, reduction, loss.size)  # 'mean' never divides by the weights
 
 
@@ -629,15 +635,15 @@ def binary_cross_entropy_backward(
     g = _upstream(grad_output, reduction, x.size, x.shape, x.dtype)
     grad = g * (x - y) / np.maximum(x * (1 - x), _BCE_GRAD_EPS)
     if weight is not None:
-        grad = grad * np.asarray(weight).astype(x.dtype)
+        grad = grad * _weight_array(weight, x)
     return grad
 
 
-def _pos_weight_factor(target, pos_weight):
+def _pos_weight_factor(x, target, pos_weight):
     """lw = 1 + (pw - 1) * y, the factor on log(sigmoid(x)); 1 without pos_weight."""
     if pos_weight is None:
         return 1
-    return 1 + (np.asarray(pos_weight) - 1) * target
+    return 1 + (_weight_array(pos_weight, x) - 1) * target
 
 
 @_numpy_result
@@ -654,9 +660,9 @@ def binary_cross_entropy_with_logits(
     x, y = np.asarray(input), np.asarray(target)
     # -(pw y log s + (1-y) log(1-s)) written with logsigmoid, which never overflows.
     # x = +inf with y = 1 gives 0 * inf = nan and x = -inf gives -inf + inf = nan, as in torch.
-    loss = (1 - y) * x - _pos_weight_factor(y, pos_weight) * _logsigmoid(x)
+    loss = (1 - y) * x - _pos_weight_factor(x, y, pos_weight) * _logsigmoid(x)
     if weight is not None:
-        loss = loss * np.asarray(weight)
+        loss = loss * _weight_array(weight, x)
     return _reduce(loss, reduction, loss.size)
 
 
@@ -676,10 +682,10 @@ def binary_cross_entropy_with_logits_backward(
     if pos_weight is None:
         dloss_dx = _sigmoid(x) - y
     else:
-        pw_y = np.asarray(pos_weight) * y
+        pw_y = _weight_array(pos_weight, x) * y
         dloss_dx = (pw_y + 1 - y) * _sigmoid(x) - pw_y
     if weight is not None:
-        dloss_dx = dloss_dx * np.asarray(weight)
+        dloss_dx = dloss_dx * _weight_array(weight, x)
     g = _upstream(grad_output, reduction, x.size, np.shape(dloss_dx), dloss_dx.dtype)
     return g * dloss_dx
 
@@ -697,7 +703,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     if weight is None:
         return _reduce(loss, reduction, loss.size)
     # With a weight, torch's 'mean' is sum(w (x-y)^2) / sum(w); w has the input's shape.
-    w = np.asarray(weight)
+    w = _weight_array(weight, x)
     return _reduce(loss * w, reduction, np.sum(w))
 
 
@@ -708,8 +714,11 @@ def mse_loss_backward(
     reduction = _resolve_reduction(size_average, reduce, reduction)
     x, y = np.asarray(input), np.asarray(target)
     diff = x - y
-    dloss_dx = 2 * diff if weight is None else 2 * np.asarray(weight) * diff
-    denominator = diff.size if weight is None else np.sum(np.asarray(weight))
+    if weight is None:
+        dloss_dx, denominator = 2 * diff, diff.size
+    else:
+        w = _weight_array(weight, x)
+        dloss_dx, denominator = 2 * w * diff, np.sum(w)
     g = _upstream(grad_output, reduction, denominator, diff.shape, diff.dtype)
     return _sum_to_shape(np.broadcast_to(g * dloss_dx, diff.shape), x.shape)
 
@@ -739,7 +748,7 @@ class _MarginRows:
         not_target = np.arange(self.num_classes) != self.target[:, None]
         self.active = (self.z > 0) & not_target
         self.target_weights = (
-            1 if weight is None else np.asarray(weight).astype(x.dtype)[self.target][:, None]
+            1 if weight is None else _weight_array(weight, x)[self.target][:, None]
         )
 
 
