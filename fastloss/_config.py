@@ -17,6 +17,10 @@ import numba
 # sum reductions vectorize.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
+# Vector width (bits) the kernels ask LLVM for; see _math.wide_vectors. 256 suits CPUs whose
+# 512-bit units run at reduced clocks.
+VECTOR_WIDTH = int(os.environ.get("FASTLOSS_VECTOR_WIDTH", "512"))
+
 # Below this many elements a parallel launch costs more than it saves (measured for the omp
 # and tbb layers in ../shared/reference/kernel-notes.md section 3, and by
 # benchmarks/test_threshold.py on this package's own kernels).

@@ -420,7 +420,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     >>> import numpy as np, fastloss as fl
     >>> log_probs = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]]))
     >>> fl.nll_loss(log_probs, np.array([0, 1]))
-    array(0.28990924)
+    array(0.28990925)
     """
     return _forward("nll_loss", False, input, target, weight, size_average, ignore_index,
                     reduce, reduction, 0.0)
@@ -486,7 +486,7 @@ def nll_loss_with_grad(input, target, weight=None, size_average=None, ignore_ind
     >>> import numpy as np, fastloss as fl
     >>> loss, grad = fl.nll_loss_with_grad(np.log(np.full((1, 2), 0.5)), np.array([1]))
     >>> loss, grad
-    (array(0.69314718), array([[-0., -1.]]))
+    (array(0.69314718), array([[ 0., -1.]]))
     """
     return _value_and_grad("nll_loss", False, True, grad_output, out, input, target, weight,
                            size_average, ignore_index, reduce, reduction, 0.0)
@@ -634,8 +634,8 @@ def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignor
     >>> import numpy as np, fastloss as fl
     >>> logits = np.array([[1.0, 2.0, 3.0]] * 3)
     >>> loss, grad = fl.cross_entropy_with_grad(logits, np.array([2, 1, 0]))
-    >>> round(float(loss), 4), grad.sum(axis=1).round(12)
-    (1.4076, array([0., 0., 0.]))
+    >>> round(float(loss), 4), bool(np.allclose(grad.sum(axis=1), 0))
+    (1.4076, True)
     """
     return _value_and_grad("cross_entropy", True, True, grad_output, out, input, target,
                            weight, size_average, ignore_index, reduce, reduction,

@@ -41,11 +41,12 @@ from ._kernels_softmax import (
     _tile_log_sums,
     _tile_state,
 )
-from ._math import const, exp_out, load, log_pos, store
+from ._math import const, exp_out, load, log_pos, store, wide_vectors
 
 
 @jit
 def _zero_row(grad, r):
+    wide_vectors()
     zero = store(0.0, grad)
     row = grad[r]
     for j in range(row.shape[0]):
@@ -55,6 +56,7 @@ def _zero_row(grad, r):
 @jit
 def _weighted_sum_row(x, r, weight):
     """sum_c w_c x[r, c]: compute-type partial sums per block, float64 across blocks."""
+    wide_vectors()
     row = x[r]
     classes = row.shape[0]
     total = 0.0
@@ -71,6 +73,7 @@ def _weighted_sum_row(x, r, weight):
 @jit
 def _target_sums_row(x, y, r, weight, keep, uniform):
     """(A, B) = (sum_c w_c y'_c, sum_c w_c y'_c x_c) with y' = keep * y + uniform."""
+    wide_vectors()
     xr, yr = x[r], y[r]
     classes = xr.shape[0]
     a = 0.0
@@ -101,9 +104,11 @@ def cross_entropy_rows(
     """Index targets on rows. row_loss gets w_t (lse - x_t), row_smooth S lse - sum w_c x_c
     (when eps > 0): torch reduces the two terms separately, which matters when 'mean' divides
     by a zero weight sum."""
+    wide_vectors()
     rows, classes = x.shape
     smoothing = eps > 0.0
     for r in prange(rows):
+        wide_vectors()
         t = target[r]
         ignored = t == ignore_index or t < 0 or t >= classes
         if ignored and not want_grad:
@@ -155,8 +160,10 @@ def cross_entropy_rows(
 
 @kernel
 def nll_rows(x, target, weight, ignore_index, upstream, upstream_step, want_grad, row_loss, grad):
+    wide_vectors()
     rows, classes = x.shape
     for r in prange(rows):
+        wide_vectors()
         t = target[r]
         if want_grad:
             _zero_row(grad, r)
@@ -176,10 +183,12 @@ def nll_rows(x, target, weight, ignore_index, upstream, upstream_step, want_grad
 
 @kernel
 def cross_entropy_prob_rows(x, y, weight, eps, upstream, upstream_step, want_grad, row_loss, grad):
+    wide_vectors()
     rows, classes = x.shape
     uniform = eps / classes
     keep = 1.0 - eps
     for r in prange(rows):
+        wide_vectors()
         m, s = _row_state(x, r, 0, classes)
         xr, yr = x[r], y[r]
         keep_c, uniform_c = const(x, keep), const(x, uniform)
@@ -222,10 +231,12 @@ def cross_entropy_strided(
 ):
     """Index targets on (O, C, I); see cross_entropy_rows. Per-position outputs are (O * I,)
     in (o, i) order."""
+    wide_vectors()
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     smoothing = eps > 0.0
     for w in prange(outer * ntiles):
+        wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         m, s = _tile_state(x, o, p0, n)
         log_s, _ = _tile_log_sums(x, m, s)
@@ -290,9 +301,11 @@ def cross_entropy_strided(
 def nll_strided(
     x, target, weight, ignore_index, upstream, upstream_step, want_grad, row_loss, grad, tile
 ):
+    wide_vectors()
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
+        wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         if want_grad:
             zero = store(0.0, grad)
@@ -318,10 +331,12 @@ def nll_strided(
 def cross_entropy_prob_strided(
     x, y, weight, eps, upstream, upstream_step, want_grad, row_loss, grad, tile
 ):
+    wide_vectors()
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     keep_c, uniform_c = const(x, 1.0 - eps), const(x, eps / classes)
     for w in prange(outer * ntiles):
+        wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         m, s = _tile_state(x, o, p0, n)
         log_s, _ = _tile_log_sums(x, m, s)

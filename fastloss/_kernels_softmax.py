@@ -26,7 +26,17 @@ import numpy as np
 from numba import prange
 
 from ._config import jit, kernel
-from ._math import const, exp_out, exp_sum, fmax, load, log1p_unit, log_pos, store
+from ._math import (
+    const,
+    exp_out,
+    exp_sum,
+    fmax,
+    load,
+    log1p_unit,
+    log_pos,
+    store,
+    wide_vectors,
+)
 
 # Block length of the online recurrence: B = 256-512 keeps the block in L1 while the hardware
 # prefetcher streams the next one; 1024+ loses 15-35 % at large C (kernel-notes.md section 2).
@@ -40,6 +50,7 @@ BLOCK = 512
 @jit
 def _row_state(x, r, start, stop):
     """(max, float64 sum of exp(x - max)) of x[r, start:stop], reading it from memory once."""
+    wide_vectors()
     # Loops index 1-d slices from 0: an index Numba cannot prove non-negative gets a
     # wraparound select, and LLVM then emits gathers instead of contiguous vector loads.
     row = x[r]
@@ -78,6 +89,7 @@ def _is_regular(m, s):
 @jit
 def _special_lse_row(x, r):
     """torch's logsumexp of a row whose state is not regular."""
+    wide_vectors()
     result = -np.inf
     row = x[r]
     for j in range(row.shape[0]):
@@ -99,6 +111,7 @@ def _row_lse(x, r):
 
 @jit
 def _fill_row_nan(out, r):
+    wide_vectors()
     nan = store(np.nan, out)
     row = out[r]
     for j in range(row.shape[0]):
@@ -114,6 +127,7 @@ def _row_log_sum(x, m, s):
 @jit
 def _row_dot(g, x, r, m, log_s, with_probabilities):
     """sum_j g[r, j] * p[r, j] (or sum_j g[r, j]), blockwise with a float64 total."""
+    wide_vectors()
     n = x.shape[1]
     total = 0.0
     for b0 in range(0, n, BLOCK):
@@ -137,7 +151,9 @@ def _row_dot(g, x, r, m, log_s, with_probabilities):
 @kernel
 def lse_rows(x, out):
     """out[r] = logsumexp(x[r, :])."""
+    wide_vectors()
     for r in prange(x.shape[0]):
+        wide_vectors()
         out[r] = store(_row_lse(x, r), out)
 
 
@@ -148,11 +164,13 @@ SPLIT_CHUNK = 65536
 @kernel
 def lse_rows_split(x, out, chunk):
     """logsumexp of few long rows: chunks of each row in parallel, states merged in order."""
+    wide_vectors()
     rows, n = x.shape
     chunks = (n + chunk - 1) // chunk
     maxima = np.empty((rows, chunks), dtype=np.float64)
     sums = np.empty((rows, chunks), dtype=np.float64)
     for w in prange(rows * chunks):
+        wide_vectors()
         r = w // chunks
         k = w % chunks
         m, s = _row_state(x, r, k * chunk, min((k + 1) * chunk, n))
@@ -177,8 +195,10 @@ def lse_rows_split(x, out, chunk):
 @kernel
 def softmax_rows(x, out, log):
     """out = softmax(x) or log_softmax(x) along rows."""
+    wide_vectors()
     n = x.shape[1]
     for r in prange(x.shape[0]):
+        wide_vectors()
         m, s = _row_state(x, r, 0, x.shape[1])
         if not _is_regular(m, s):
             _fill_row_nan(out, r)
@@ -200,8 +220,10 @@ def softmax_backward_rows(g, x, out, log):
     softmax:     dx = p * (g - sum(g * p))
     log_softmax: dx = g - p * sum(g)
     """
+    wide_vectors()
     n = x.shape[1]
     for r in prange(x.shape[0]):
+        wide_vectors()
         m, s = _row_state(x, r, 0, x.shape[1])
         if not _is_regular(m, s):
             _fill_row_nan(out, r)
@@ -222,8 +244,10 @@ def softmax_backward_rows(g, x, out, log):
 @kernel
 def lse_backward_rows(g, x, out):
     """dx[r, j] = g[r] * exp(x[r, j] - lse[r])."""
+    wide_vectors()
     n = x.shape[1]
     for r in prange(x.shape[0]):
+        wide_vectors()
         m, s = _row_state(x, r, 0, x.shape[1])
         gr = load(g[r])
         xr, yr = x[r], out[r]
@@ -245,6 +269,7 @@ def lse_backward_rows(g, x, out):
 @jit
 def _tile_state(x, o, p0, n):
     """Per-position (max, float64 sum) over the C axis for positions p0 .. p0+n of slab o."""
+    wide_vectors()
     channels = x.shape[1]
     m = np.full(n, const(x, -np.inf))
     for c in range(channels):
@@ -262,6 +287,7 @@ def _tile_state(x, o, p0, n):
 @jit
 def _tile_log_sums(x, m, s):
     """log(s) per position in the compute type, and whether any position is special."""
+    wide_vectors()
     n = m.shape[0]
     log_s = np.empty(n, dtype=m.dtype)
     specials = 0
@@ -273,6 +299,7 @@ def _tile_log_sums(x, m, s):
 
 @jit
 def _special_lse_column(x, o, p):
+    wide_vectors()
     result = -np.inf
     column = x[o, :, p]
     for c in range(column.shape[0]):
@@ -286,6 +313,7 @@ def _special_lse_column(x, o, p):
 
 @jit
 def _fill_special_columns_nan(out, o, p0, m, s):
+    wide_vectors()
     nan = store(np.nan, out)
     for t in range(m.shape[0]):
         if not _is_regular(m[t], s[t]):
@@ -301,9 +329,11 @@ def _fill_special_columns_nan(out, o, p0, m, s):
 @kernel
 def lse_strided(x, out, tile):
     """out[o, i] = logsumexp(x[o, :, i])."""
+    wide_vectors()
     outer, _, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
+        wide_vectors()
         o = w // ntiles
         p0 = (w % ntiles) * tile
         n = min(tile, inner - p0)
@@ -319,9 +349,11 @@ def lse_strided(x, out, tile):
 @kernel
 def softmax_strided(x, out, tile, log):
     """softmax or log_softmax over axis 1 of (O, C, I)."""
+    wide_vectors()
     outer, channels, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
+        wide_vectors()
         o = w // ntiles
         p0 = (w % ntiles) * tile
         n = min(tile, inner - p0)
@@ -342,9 +374,11 @@ def softmax_strided(x, out, tile, log):
 @kernel
 def softmax_backward_strided(g, x, out, tile, log):
     """Gradient of softmax / log_softmax over axis 1 of (O, C, I); see softmax_backward_rows."""
+    wide_vectors()
     outer, channels, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
+        wide_vectors()
         o = w // ntiles
         p0 = (w % ntiles) * tile
         n = min(tile, inner - p0)
@@ -380,9 +414,11 @@ def softmax_backward_strided(g, x, out, tile, log):
 @kernel
 def lse_backward_strided(g, x, out, tile):
     """dx[o, c, i] = g[o, i] * exp(x[o, c, i] - lse[o, i])."""
+    wide_vectors()
     outer, channels, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
+        wide_vectors()
         o = w // ntiles
         p0 = (w % ntiles) * tile
         n = min(tile, inner - p0)
@@ -409,7 +445,9 @@ def lse_backward_strided(g, x, out, tile):
 
 @kernel
 def sigmoid_flat(x, out):
+    wide_vectors()
     for i in prange(x.shape[0]):
+        wide_vectors()
         v = load(x[i])
         e = exp_out(-abs(v))  # exp(-|x|) never overflows
         one = const(x, 1.0)
@@ -418,7 +456,9 @@ def sigmoid_flat(x, out):
 
 @kernel
 def sigmoid_backward_flat(g, x, out):
+    wide_vectors()
     for i in prange(x.shape[0]):
+        wide_vectors()
         v = load(x[i])
         e = exp_out(-abs(v))
         one = const(x, 1.0)
@@ -429,7 +469,9 @@ def sigmoid_backward_flat(g, x, out):
 @kernel
 def logsigmoid_flat(x, out):
     """log sigmoid(x) = min(x, 0) - log1p(exp(-|x|))."""
+    wide_vectors()
     for i in prange(x.shape[0]):
+        wide_vectors()
         v = load(x[i])
         zero = const(x, 0.0)
         e = exp_out(-abs(v))
@@ -439,7 +481,9 @@ def logsigmoid_flat(x, out):
 @kernel
 def logsigmoid_backward_flat(g, x, out):
     """d/dx log sigmoid(x) = sigmoid(-x)."""
+    wide_vectors()
     for i in prange(x.shape[0]):
+        wide_vectors()
         v = load(x[i])
         one = const(x, 1.0)
         e = exp_out(-abs(v))
