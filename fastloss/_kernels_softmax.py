@@ -63,7 +63,8 @@ def _row_state(x, r, start, stop):
         for j in range(block.shape[0]):
             bm = fmax(bm, load(block[j]))
         if bm > m:
-            s *= exp_sum(np.float64(m) - np.float64(bm))
+            if s != 0.0:  # nothing to rescale in the first block, which saves an exp per row
+                s *= exp_sum(np.float64(m) - np.float64(bm))
             m = bm
         if m == neg_inf:
             # Nothing finite yet: the block is -inf and NaN, which fmax skips. Record NaN here,
