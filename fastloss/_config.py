@@ -8,6 +8,7 @@ Compilation is lazy (no signatures), so ``import fastloss`` compiles nothing.
 from __future__ import annotations
 
 import os
+import types
 import warnings
 
 import numba
@@ -73,8 +74,8 @@ class Kernel:
     """
 
     def __init__(self, func):
-        self.serial = numba.njit(parallel=False, **_OPTIONS)(func)
-        self.parallel = numba.njit(parallel=True, **_OPTIONS)(func)
+        self.serial = numba.njit(parallel=False, **_OPTIONS)(_renamed(func, "serial"))
+        self.parallel = numba.njit(parallel=True, **_OPTIONS)(_renamed(func, "parallel"))
         self.__name__ = func.__name__
         self.__doc__ = func.__doc__
 
@@ -88,6 +89,22 @@ class Kernel:
 
         with parallel_slot() as granted:
             return (self.parallel if granted else self.serial)(*args)
+
+
+def _renamed(func, twin: str):
+    """A copy of ``func`` whose qualified name names the twin.
+
+    Numba's on-disk cache keys a function by its qualified name, source line and bytecode,
+    not by the ``parallel`` flag: without distinct names the serial twin would load the
+    parallel twin's machine code from the cache (and launch threads in a forked child).
+    """
+    copy = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+    copy.__qualname__ = f"{func.__qualname__}__{twin}"
+    copy.__module__ = func.__module__
+    copy.__doc__ = func.__doc__
+    return copy
 
 
 def kernel(func) -> Kernel:
