@@ -37,7 +37,7 @@ class _Problem:
 
     __slots__ = (
         "x3", "target", "probabilities", "weight", "weight_sum", "ignore_index", "eps",
-        "reduction", "loss_shape", "dtype", "input_shape", "denominator_cache",
+        "reduction", "loss_shape", "dtype", "grad_dtype", "input_shape", "denominator_cache",
         "index_weight_sum",
     )
 
@@ -97,7 +97,7 @@ def _class_weight(weight, classes: int, dtype: np.dtype, spatial: bool):
             f"but got weight tensor of shape: {list(w.shape)} (pass one weight per class, "
             f"shape ({classes},))"
         )
-    if w.dtype.kind not in "fiub":
+    if w.dtype not in FLOAT_DTYPES and w.dtype.kind not in "iub":
         raise TypeError(f"weight must be a real array, got dtype {w.dtype}")
     w64 = w.astype(np.float64)
     return np.ascontiguousarray(w, dtype=compute), float(w64.sum()), w64
@@ -171,6 +171,7 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
     ii = _check_ignore_index(ignore_index, func)
     eps = _check_label_smoothing(label_smoothing) if cross else 0.0
     problem = _Problem()
+    problem.grad_dtype = x.dtype  # the gradient is typed like the input, even when promoted
     problem.reduction = reduction
     problem.eps = eps
     problem.ignore_index = ii
@@ -178,7 +179,7 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
     if x.ndim == 0:
         if not cross:
             raise ValueError("Expected 1 or more dimensions (got 0)")
-        if t.dtype.kind == "f":
+        if t.dtype in FLOAT_DTYPES:
             raise IndexError(
                 "Dimension specified as 1 but tensor has no dimensions (a 0-d input has no "
                 "class dim: pass logits of shape (C,) or (N, C))"
@@ -186,7 +187,7 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
     probabilities = cross and t.shape == x.shape
     problem.probabilities = probabilities
     if probabilities:
-        if t.dtype.kind != "f":
+        if t.dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"Expected floating point type for target with class probabilities, got "
                 f"{t.dtype} (class indices have shape {x.shape[:1] + x.shape[2:]})"
@@ -196,9 +197,9 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
                 f"ignore_index is not supported for floating point target (got ignore_index="
                 f"{ii}; leave it at its default -100 for class-probability targets)"
             )
-        dtype = np.result_type(x.dtype, t.dtype)
-        if dtype not in FLOAT_DTYPES:
-            dtype = np.dtype(np.float64)
+        dtype = x.dtype if x.dtype == t.dtype else np.result_type(x.dtype, t.dtype)
+        if dtype not in FLOAT_DTYPES:  # e.g. bfloat16 with float16
+            dtype = np.dtype(np.float32)
         x = x.astype(dtype, copy=False)
         t = t.astype(dtype, copy=False)
         loss_shape = x.shape[:1] + x.shape[2:] if x.ndim > 1 else ()
@@ -273,6 +274,9 @@ def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool)
     terms = (row_loss, row_smooth if index_smoothing else None)
     if row_loss.size == 0:
         return terms
+    if classes == 0:  # only probability targets get here: -sum over no classes
+        row_loss[:] = -0.0
+        return terms
     xs = storage(x3)
     gs = storage(grad3) if want_grad else np.empty((0, 0, 0), xs.dtype)
     work = x3.size
@@ -326,20 +330,23 @@ def _reduce(problem: _Problem, terms) -> np.ndarray:
     row_loss, row_smooth = terms
     classes = problem.x3.shape[1]
     keep, spread = 1.0 - problem.eps, problem.eps / max(classes, 1)
-    if problem.reduction == "none":
-        if row_smooth is not None:
-            row_loss = keep * row_loss + spread * row_smooth
-        return row_loss.astype(problem.dtype).reshape(problem.loss_shape)
-    # np.sum is pairwise in a fixed order: identical for any thread count.
-    total, smooth = np.sum(row_loss), None if row_smooth is None else np.sum(row_smooth)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # inf and NaN losses are legitimate results here (torch computes them silently).
+    with np.errstate(all="ignore"):
+        if problem.reduction == "none":
+            if row_smooth is not None:
+                row_loss = keep * row_loss + spread * row_smooth
+            return row_loss.astype(problem.dtype).reshape(problem.loss_shape)
+        # np.sum is pairwise in a fixed order: identical for any thread count. torch negates
+        # a sum for probability targets, so their empty sum is -0.0.
+        total = -np.sum(-row_loss) if problem.probabilities else np.sum(row_loss)
+        smooth = None if row_smooth is None else np.sum(row_smooth)
         if problem.reduction == "mean":
             denominator = np.float64(problem.denominator())
             total = total / denominator
             smooth = None if smooth is None else smooth / denominator
         if smooth is not None:
             total = keep * total + spread * smooth
-    return np.asarray(total, dtype=problem.dtype)
+        return np.asarray(total, dtype=problem.dtype)
 
 
 def _forward(func, cross, input, target, weight, size_average, ignore_index, reduce,
@@ -357,12 +364,15 @@ def _value_and_grad(func, cross, want_loss, grad_output, out, input, target, wei
     problem = _prepare(func, input, target, weight, ignore_index, reduction, label_smoothing,
                        cross)
     if out is not None:
-        check_out(out, problem.input_shape, problem.dtype)
+        check_out(out, problem.input_shape, problem.grad_dtype)
     upstream, step = _upstream(problem, grad_output, func)
-    grad = writable_target(out, problem.input_shape, problem.dtype, problem.x3, problem.target)
-    row_loss = _run(problem, True, upstream, step, grad.reshape(problem.x3.shape), cross)
+    direct = out if problem.grad_dtype == problem.dtype else None
+    grad = writable_target(direct, problem.input_shape, problem.dtype, problem.x3, problem.target)
+    terms = _run(problem, True, upstream, step, grad.reshape(problem.x3.shape), cross)
+    if grad.dtype != problem.grad_dtype:  # input promoted by a wider probability target
+        grad = grad.astype(problem.grad_dtype)
     grad = deliver(grad, out)
-    return (_reduce(problem, row_loss), grad) if want_loss else grad
+    return (_reduce(problem, terms), grad) if want_loss else grad
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,15 +16,19 @@ Upstream gradients arrive as ``upstream[r * upstream_step]``: step 0 broadcasts 
 Targets were validated by the Python layer; the kernels still treat any target outside
 [0, C) as ignored, so no input can make them index memory out of bounds.
 
-Index-target cross-entropy per row, with p = softmax(x), lse = logsumexp(x), S = sum_c w_c:
+Index-target cross-entropy per row, with p = softmax(x), lse = logsumexp(x) = m + log s,
+S = sum_c w_c:
 
-    loss = (1 - eps) w_t (lse - x_t) + (eps / C) (S lse - sum_c w_c x_c)
+    loss = (1 - eps) w_t (lse - x_t) + (eps / C) sum_c w_c (lse - x_c)
     grad_c = g [ p_c ((1 - eps) w_t + eps S / C) - (eps / C) w_c - (1 - eps) w_t [c == t] ]
 
 Probability targets, with y'_c = (1 - eps) y_c + eps / C, A = sum_c w_c y'_c and
-B = sum_c w_c y'_c x_c:
+B = sum_c w_c y'_c (m - x_c):
 
-    loss = A lse - B,      grad_c = g (A p_c - w_c y'_c)
+    loss = B + A log s,      grad_c = g (A p_c - w_c y'_c)
+
+Every lse - x is formed as (m - x) + log s, never (m + log s) - x, which would round log s
+away when |m| is large.
 """
 
 from __future__ import annotations
@@ -41,7 +45,17 @@ from ._kernels_softmax import (
     _tile_log_sums,
     _tile_state,
 )
-from ._math import const, exp_out, load, log_pos, store, wide_vectors
+from ._math import (
+    add_exact,
+    const,
+    exp_out,
+    load,
+    log_pos,
+    log_prob,
+    store,
+    sub_exact,
+    wide_vectors,
+)
 
 
 @jit
@@ -54,8 +68,11 @@ def _zero_row(grad, r):
 
 
 @jit
-def _weighted_sum_row(x, r, weight):
-    """sum_c w_c x[r, c]: compute-type partial sums per block, float64 across blocks."""
+def _weighted_gap_row(x, r, weight, m):
+    """sum_c w_c (m - x[r, c]): every term >= 0, so nothing cancels even at huge logits.
+
+    Compute-type partial sums per block, float64 across blocks.
+    """
     wide_vectors()
     row = x[r]
     classes = row.shape[0]
@@ -65,14 +82,23 @@ def _weighted_sum_row(x, r, weight):
         wb = weight[b0 : min(b0 + BLOCK, classes)]
         acc = const(x, 0.0)
         for j in range(xb.shape[0]):
-            acc += wb[j] * load(xb[j])
+            acc += wb[j] * (m - load(xb[j]))
         total += acc
     return total
 
 
 @jit
-def _target_sums_row(x, y, r, weight, keep, uniform):
-    """(A, B) = (sum_c w_c y'_c, sum_c w_c y'_c x_c) with y' = keep * y + uniform."""
+def _nll_term(m, x_t, log_s):
+    """lse - x_t as (m - x_t) + log s in float64: m + log s would round log s away."""
+    return add_exact(sub_exact(np.float64(m), np.float64(x_t)), log_s)
+
+
+@jit
+def _target_sums_row(x, y, r, weight, keep, uniform, m):
+    """(A, B) = (sum_c w_c y'_c, sum_c w_c y'_c (m - x_c)) with y' = keep * y + uniform.
+
+    The loss is then B + A log s, with no cancellation at large logits.
+    """
     wide_vectors()
     xr, yr = x[r], y[r]
     classes = xr.shape[0]
@@ -86,10 +112,53 @@ def _target_sums_row(x, y, r, weight, keep, uniform):
         for j in range(xb.shape[0]):
             wy = wb[j] * (keep * load(yb[j]) + uniform)
             a_acc += wy
-            b_acc += wy * load(xb[j])
+            b_acc += wy * (m - load(xb[j]))
         a += a_acc
         b += b_acc
     return a, b
+
+
+@jit
+def _target_entry(others, scale, p_t, per_class, w_t, nll_coef):
+    """The gradient at the target class.
+
+    Each gradient row sums to 0 (softmax sums to 1), so the entry is minus the others' sum:
+    no cancellation when p_t is close to 1, unlike scale * p_t - g w_t. When that sum is not
+    finite (a 'mean' over a zero weight sum makes g infinite), the direct formula gives
+    torch's inf - inf = NaN.
+    """
+    if abs(others) < np.inf:
+        return -others
+    return scale * p_t - per_class * w_t - nll_coef
+
+
+@jit
+def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad):
+    """grad[r, c] = scale * p_c - per_class * w_c for every c; returns the float64 sum over
+    c != t (blockwise partial sums, so a large target entry never swamps the others)."""
+    wide_vectors()
+    xr, gr = x[r], grad[r]
+    classes = xr.shape[0]
+    zero = const(x, 0.0)
+    others = 0.0
+    for b0 in range(0, classes, BLOCK):
+        b1 = min(b0 + BLOCK, classes)
+        xb, gb, wb = xr[b0:b1], gr[b0:b1], weight[b0:b1]
+        if per_class != zero:
+            for j in range(xb.shape[0]):
+                v = scale * exp_out(log_prob(load(xb[j]), m, log_s)) - per_class * wb[j]
+                gb[j] = store(v, grad)
+        else:
+            for j in range(xb.shape[0]):
+                gb[j] = store(scale * exp_out(log_prob(load(xb[j]), m, log_s)), grad)
+        # Summed in a loop of its own, from the block just written (in L1): in the loop that
+        # stores, LLVM's runtime alias check would pick vector or scalar summation order by
+        # the arrays' addresses, and the last bit would change from call to call.
+        acc = zero
+        for j in range(gb.shape[0]):
+            acc += load(gb[j]) if b0 + j != t else zero
+        others += acc
+    return others
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,27 +204,22 @@ def cross_entropy_rows(
                 _fill_row_nan(grad, r)
             continue
         log_s = log_pos(s)
-        lse = np.float64(m) + log_s
         w_t = np.float64(weight[t])
-        row_loss[r] = w_t * (lse - np.float64(load(x[r, t])))
+        x_t = load(x[r, t])  # read before the gradient is written: out may be the input
+        row_loss[r] = w_t * _nll_term(m, x_t, log_s)
         if smoothing:
-            row_smooth[r] = weight_sum * lse - _weighted_sum_row(x, r, weight)
+            row_smooth[r] = _weighted_gap_row(x, r, weight, m) + weight_sum * log_s
         if not want_grad:
             continue
         g = np.float64(load(upstream[r * upstream_step]))
         scale = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes))
         log_s_c = const(x, log_s)
-        xr, gr = x[r], grad[r]
-        if smoothing:
-            per_class = const(x, g * eps / classes)
-            for j in range(classes):
-                p = exp_out((load(xr[j]) - m) - log_s_c)
-                gr[j] = store(scale * p - per_class * weight[j], grad)
-        else:
-            for j in range(classes):
-                p = exp_out((load(xr[j]) - m) - log_s_c)
-                gr[j] = store(scale * p, grad)
-        gr[t] = store(load(gr[t]) - const(x, g * (1.0 - eps) * w_t), grad)
+        # Not g * 0 without smoothing: an infinite g (zero weight sum) must not make it NaN.
+        per_class = const(x, g * eps / classes if smoothing else 0.0)
+        others = _write_gradient_row(x, r, m, log_s_c, scale, per_class, weight, t, grad)
+        p_t = exp_out(log_prob(x_t, m, log_s_c))
+        nll_coef = const(x, g * (1.0 - eps) * w_t)
+        grad[r, t] = store(_target_entry(others, scale, p_t, per_class, weight[t], nll_coef), grad)
 
 
 @kernel
@@ -165,13 +229,14 @@ def nll_rows(x, target, weight, ignore_index, upstream, upstream_step, want_grad
     for r in prange(rows):
         wide_vectors()
         t = target[r]
+        ignored = t == ignore_index or t < 0 or t >= classes
+        # Read the logit before zeroing the gradient row: out may be the input itself.
+        row_loss[r] = 0.0 if ignored else -np.float64(weight[t]) * np.float64(load(x[r, t]))
         if want_grad:
             _zero_row(grad, r)
-        if t == ignore_index or t < 0 or t >= classes:
-            row_loss[r] = 0.0
+        if ignored:
             continue
         w_t = np.float64(weight[t])
-        row_loss[r] = -w_t * np.float64(load(x[r, t]))
         if want_grad:
             g = np.float64(load(upstream[r * upstream_step]))
             grad[r, t] = store(-g * w_t, grad)
@@ -192,10 +257,10 @@ def cross_entropy_prob_rows(x, y, weight, eps, upstream, upstream_step, want_gra
         m, s = _row_state(x, r, 0, classes)
         xr, yr = x[r], y[r]
         keep_c, uniform_c = const(x, keep), const(x, uniform)
-        a, b = _target_sums_row(x, y, r, weight, keep_c, uniform_c)
+        a, b = _target_sums_row(x, y, r, weight, keep_c, uniform_c, m)
         if _is_regular(m, s):
             log_s = log_pos(s)
-            row_loss[r] = a * (np.float64(m) + log_s) - b
+            row_loss[r] = b + a * log_s
         else:
             row_loss[r] = np.nan
             if want_grad:
@@ -208,7 +273,7 @@ def cross_entropy_prob_rows(x, y, weight, eps, upstream, upstream_step, want_gra
         log_s_c = const(x, log_s)
         gr = grad[r]
         for j in range(classes):
-            p = exp_out((load(xr[j]) - m) - log_s_c)
+            p = exp_out(log_prob(load(xr[j]), m, log_s_c))
             wy = weight[j] * (keep_c * load(yr[j]) + uniform_c)
             gr[j] = store(ga * p - gc * wy, grad)
 
@@ -246,9 +311,12 @@ def cross_entropy_strided(
                 xc = x[o, c, p0 : p0 + n]
                 wc = weight[c]
                 for t in range(n):
-                    smooth[t] += wc * load(xc[t])
+                    smooth[t] += wc * (m[t] - load(xc[t]))
+        zero = const(x, 0.0)
         scale = np.zeros(n, dtype=m.dtype)
         per_class = np.zeros(n, dtype=m.dtype)
+        nll_coef = np.zeros(n, dtype=m.dtype)
+        x_t = np.zeros(n, dtype=m.dtype)
         tt = target[o, p0 : p0 + n]
         for t in range(n):
             k = o * inner + p0 + t
@@ -263,24 +331,27 @@ def cross_entropy_strided(
                 if smoothing:
                     row_smooth[k] = np.nan
                 continue
-            lse = np.float64(m[t]) + np.float64(log_s[t])
+            log_s_t = np.float64(log_s[t])
             w_t = np.float64(weight[c_t])
-            row_loss[k] = w_t * (lse - np.float64(load(x[o, c_t, p0 + t])))
+            x_t[t] = load(x[o, c_t, p0 + t])  # read before the gradient overwrites it
+            row_loss[k] = w_t * _nll_term(m[t], x_t[t], log_s_t)
             if smoothing:
-                row_smooth[k] = weight_sum * lse - smooth[t]
+                row_smooth[k] = smooth[t] + weight_sum * log_s_t
             g = np.float64(load(upstream[k * upstream_step]))
             scale[t] = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes))
-            per_class[t] = const(x, g * eps / classes)
+            per_class[t] = const(x, g * eps / classes if smoothing else 0.0)
+            nll_coef[t] = const(x, g * (1.0 - eps) * w_t)
         if not want_grad:
             continue
+        others = np.zeros(n, dtype=np.float64)
         for c in range(classes):
             xc, gc = x[o, c, p0 : p0 + n], grad[o, c, p0 : p0 + n]
             wc = weight[c]
             for t in range(n):
-                p = exp_out((load(xc[t]) - m[t]) - log_s[t])
-                gc[t] = store(scale[t] * p - per_class[t] * wc, grad)
+                v = scale[t] * exp_out(log_prob(load(xc[t]), m[t], log_s[t])) - per_class[t] * wc
+                gc[t] = store(v, grad)
+                others[t] += v if tt[t] != c else zero
         for t in range(n):
-            k = o * inner + p0 + t
             c_t = tt[t]
             if not _is_regular(m[t], s[t]):
                 # NaN whether ignored or not: torch's gradient of a NaN softmax.
@@ -290,11 +361,10 @@ def cross_entropy_strided(
                 continue
             if c_t == ignore_index or c_t < 0 or c_t >= classes:
                 continue  # scale and per_class are 0: the column is already 0
-            g = np.float64(load(upstream[k * upstream_step]))
-            w_t = np.float64(weight[c_t])
-            grad[o, c_t, p0 + t] = store(
-                load(grad[o, c_t, p0 + t]) - const(x, g * (1.0 - eps) * w_t), grad
-            )
+            # The column sums to 0; see cross_entropy_rows.
+            p_t = exp_out(log_prob(x_t[t], m[t], log_s[t]))
+            entry = _target_entry(others[t], scale[t], p_t, per_class[t], weight[c_t], nll_coef[t])
+            grad[o, c_t, p0 + t] = store(entry, grad)
 
 
 @kernel
@@ -307,24 +377,29 @@ def nll_strided(
     for w in prange(outer * ntiles):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        if want_grad:
-            zero = store(0.0, grad)
-            for c in range(classes):
-                gc = grad[o, c, p0 : p0 + n]
-                for t in range(n):
-                    gc[t] = zero
         tt = target[o, p0 : p0 + n]
+        # Read the target logits before zeroing the gradient: out may be the input itself.
         for t in range(n):
             k = o * inner + p0 + t
             c_t = tt[t]
             if c_t == ignore_index or c_t < 0 or c_t >= classes:
                 row_loss[k] = 0.0
+            else:
+                row_loss[k] = -np.float64(weight[c_t]) * np.float64(load(x[o, c_t, p0 + t]))
+        if not want_grad:
+            continue
+        zero = store(0.0, grad)
+        for c in range(classes):
+            gc = grad[o, c, p0 : p0 + n]
+            for t in range(n):
+                gc[t] = zero
+        for t in range(n):
+            k = o * inner + p0 + t
+            c_t = tt[t]
+            if c_t == ignore_index or c_t < 0 or c_t >= classes:
                 continue
-            w_t = np.float64(weight[c_t])
-            row_loss[k] = -w_t * np.float64(load(x[o, c_t, p0 + t]))
-            if want_grad:
-                g = np.float64(load(upstream[k * upstream_step]))
-                grad[o, c_t, p0 + t] = store(-g * w_t, grad)
+            g = np.float64(load(upstream[k * upstream_step]))
+            grad[o, c_t, p0 + t] = store(-g * np.float64(weight[c_t]), grad)
 
 
 @kernel
@@ -348,13 +423,13 @@ def cross_entropy_prob_strided(
             for t in range(n):
                 wy = wc * (keep_c * load(yc[t]) + uniform_c)
                 a[t] += wy
-                b[t] += wy * load(xc[t])
+                b[t] += wy * (m[t] - load(xc[t]))
         ga = np.zeros(n, dtype=m.dtype)
         gs = np.zeros(n, dtype=m.dtype)
         for t in range(n):
             k = o * inner + p0 + t
             if _is_regular(m[t], s[t]):
-                row_loss[k] = a[t] * (np.float64(m[t]) + np.float64(log_s[t])) - b[t]
+                row_loss[k] = b[t] + a[t] * np.float64(log_s[t])
             else:
                 row_loss[k] = np.nan
             g = np.float64(load(upstream[k * upstream_step]))
@@ -366,7 +441,7 @@ def cross_entropy_prob_strided(
             xc, yc, gc = x[o, c, p0 : p0 + n], y[o, c, p0 : p0 + n], grad[o, c, p0 : p0 + n]
             wc = weight[c]
             for t in range(n):
-                p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
                 wy = wc * (keep_c * load(yc[t]) + uniform_c)
                 gc[t] = store(ga[t] * p - gs[t] * wy, grad)
         for t in range(n):

@@ -34,6 +34,7 @@ from ._math import (
     load,
     log1p_unit,
     log_pos,
+    log_prob,
     store,
     wide_vectors,
 )
@@ -137,7 +138,7 @@ def _row_dot(g, x, r, m, log_s, with_probabilities):
         acc = const(x, 0.0)
         if with_probabilities:
             for j in range(xb.shape[0]):
-                acc += load(gb[j]) * exp_out((load(xb[j]) - m) - log_s)
+                acc += load(gb[j]) * exp_out(log_prob(load(xb[j]), m, log_s))
         else:
             for j in range(xb.shape[0]):
                 acc += load(gb[j])
@@ -208,10 +209,10 @@ def softmax_rows(x, out, log):
         xr, yr = x[r], out[r]
         if log:
             for j in range(n):
-                yr[j] = store((load(xr[j]) - m) - log_s, out)
+                yr[j] = store(log_prob(load(xr[j]), m, log_s), out)
         else:
             for j in range(n):
-                yr[j] = store(exp_out((load(xr[j]) - m) - log_s), out)
+                yr[j] = store(exp_out(log_prob(load(xr[j]), m, log_s)), out)
 
 
 @kernel
@@ -234,11 +235,11 @@ def softmax_backward_rows(g, x, out, log):
         xr, gr, yr = x[r], g[r], out[r]
         if log:
             for j in range(n):
-                p = exp_out((load(xr[j]) - m) - log_s)
+                p = exp_out(log_prob(load(xr[j]), m, log_s))
                 yr[j] = store(load(gr[j]) - p * dot, out)
         else:
             for j in range(n):
-                p = exp_out((load(xr[j]) - m) - log_s)
+                p = exp_out(log_prob(load(xr[j]), m, log_s))
                 yr[j] = store(p * (load(gr[j]) - dot), out)
 
 
@@ -255,7 +256,7 @@ def lse_backward_rows(g, x, out):
         if _is_regular(m, s):
             log_s = _row_log_sum(x, m, s)
             for j in range(n):
-                yr[j] = store(gr * exp_out((load(xr[j]) - m) - log_s), out)
+                yr[j] = store(gr * exp_out(log_prob(load(xr[j]), m, log_s)), out)
         else:
             # -inf entries get 0, +inf entries NaN, and an all -inf row NaN, as torch.
             lse = const(x, _special_lse_row(x, r))
@@ -364,10 +365,10 @@ def softmax_strided(x, out, tile, log):
             xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
             if log:
                 for t in range(n):
-                    yc[t] = store((load(xc[t]) - m[t]) - log_s[t], out)
+                    yc[t] = store(log_prob(load(xc[t]), m[t], log_s[t]), out)
             else:
                 for t in range(n):
-                    yc[t] = store(exp_out((load(xc[t]) - m[t]) - log_s[t]), out)
+                    yc[t] = store(exp_out(log_prob(load(xc[t]), m[t], log_s[t])), out)
         if any_special:
             _fill_special_columns_nan(out, o, p0, m, s)
 
@@ -393,7 +394,7 @@ def softmax_backward_strided(g, x, out, tile, log):
                     dot[t] += load(gc[t])
             else:
                 for t in range(n):
-                    p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                    p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
                     dot[t] += load(gc[t]) * p
         dot_c = np.empty(n, dtype=m.dtype)
         for t in range(n):
@@ -402,11 +403,11 @@ def softmax_backward_strided(g, x, out, tile, log):
             xc, gc, yc = x[o, c, p0 : p0 + n], g[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
             if log:
                 for t in range(n):
-                    p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                    p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
                     yc[t] = store(load(gc[t]) - p * dot_c[t], out)
             else:
                 for t in range(n):
-                    p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                    p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
                     yc[t] = store(p * (load(gc[t]) - dot_c[t]), out)
         if any_special:
             _fill_special_columns_nan(out, o, p0, m, s)
@@ -429,7 +430,7 @@ def lse_backward_strided(g, x, out, tile):
         for c in range(channels):
             xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
             for t in range(n):
-                p = exp_out((load(xc[t]) - m[t]) - log_s[t])
+                p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
                 yc[t] = store(load(gt[t]) * p, out)
         if any_special:
             for t in range(n):

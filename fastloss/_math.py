@@ -108,6 +108,41 @@ def wide_vectors(typingctx):
     return types.none(), codegen
 
 
+def _exact_binop(opname):
+    def impl(typingctx, a, b):
+        if not (a == b and a in (types.float32, types.float64)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            # Carrying a flag ("nsz") keeps Numba's fastmath pass from adding "reassoc".
+            return getattr(builder, opname)(args[0], args[1], flags=("nsz",))
+
+        return a(a, b), codegen
+
+    return intrinsic(impl)
+
+
+add_exact = _exact_binop("fadd")
+sub_exact = _exact_binop("fsub")
+add_exact.__doc__ = "a + b that fastmath may not reassociate with its neighbours."
+sub_exact.__doc__ = "a - b that fastmath may not reassociate with its neighbours."
+
+
+def log_prob(v, m, log_s):
+    """(v - m) - log_s: the log-softmax of v in a row with max m and log-sum log_s.
+
+    The subtraction order matters: with reassociation LLVM hoists m + log_s out of the loop,
+    which rounds log_s away when |m| is large (1e8 in float32).
+    """
+
+
+@overload(log_prob, **_INLINE)
+def _log_prob(v, m, log_s):
+    if v == m == log_s and v in (types.float32, types.float64):
+        return lambda v, m, log_s: sub_exact(v - m, log_s)
+    return None
+
+
 def _bitcast(src, dst):
     """Reinterpret bits. Integer sources of any width are first cut or extended to the
     destination's width (Numba widens int32 arithmetic to int64)."""

@@ -500,18 +500,24 @@ def _cross_entropy_indices(input, target, weight, ignore_index, reduction, eps):
 def _cross_entropy_indices_backward(
     grad_output, input, target, weight, ignore_index, reduction, eps
 ):
-    """dx_ic = g_i ((1-eps) w[t_i] (p_ic - [c == t_i]) + (eps/C) (S p_ic - w_c)), S = sum_c w_c."""
+    """dx_ic = g_i ((1-eps) w[t_i] (p_ic - [c == t_i]) + (eps/C) (S p_ic - w_c)), S = sum_c w_c.
+
+    Computed by the chain rule through log_softmax, as torch's autograd does: G, the
+    gradient with respect to log p, is scattered (not multiplied by a one-hot), then
+    dx = G - p * sum_c G. With 'mean' and W = 0, g_i is inf: the target entry becomes
+    inf - inf = nan and the others inf, exactly as in torch.
+    """
     rows = _IndexTargetRows(input, target, weight, ignore_index)
     probs = np.exp(_log_softmax_last(rows.x))
     g = rows.upstream(grad_output, reduction)[..., None]
-    # With 'mean' and W = 0, g_i = inf and w[t_i] = 0 make the whole row nan (0 * inf),
-    # as in torch. Ignored rows have g_i = 0: a row of finite logits gets 0, but a row whose
-    # softmax is nan (it holds +inf or nan, or is all -inf) gets nan, also as in torch.
-    grad = (1 - eps) * g * (rows.target_weights[..., None] * (probs - rows.one_hot()))
+    # Ignored rows have g_i = 0: a row of finite logits gets 0, but a row whose softmax is
+    # nan (it holds +inf or nan, or is all -inf) gets nan, also as in torch.
+    scattered = np.where(rows.one_hot(), -rows.target_weights[..., None] * g, 0)
+    grad_log_probs = (1 - eps) * scattered
     if eps > 0:
-        weight_sum = np.sum(rows.weights)
         per_class = _smoothing_per_class(eps, rows.num_classes)
-        grad = grad + per_class * g * (weight_sum * probs - rows.weights)
+        grad_log_probs = grad_log_probs - per_class * g * rows.weights
+    grad = grad_log_probs - probs * np.sum(grad_log_probs, axis=-1, keepdims=True)
     return _classes_back(grad.astype(rows.x.dtype), rows.ndim)
 
 
@@ -537,7 +543,9 @@ def _cross_entropy_probabilities(input, target, weight, reduction, eps):
     total = -np.sum(terms)
     if reduction == "sum":
         return total
-    return total / math.prod(terms.shape[:-1])
+    # torch divides by numel / C, which is 0 / 0 = nan for C = 0.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / np.divide(float(terms.size), terms.shape[-1])
 
 
 def _cross_entropy_probabilities_backward(grad_output, input, target, weight, reduction, eps):

@@ -2,9 +2,10 @@
 
 ``tests/data/golden.npz`` holds the arrays, in one flat pool per dtype, and
 ``tests/data/golden_cases.json`` the index: one entry per case with the function name, its
-JSON keyword arguments and, for each of its arrays, ``[pool, offset, shape]``. ``load_golden_cases()`` turns them into ``GoldenCase`` objects that any
-implementation with fastloss's API (``fastloss.reference`` or ``fastloss`` itself) can be
-called on, and ``assert_forward_matches`` / ``assert_backward_matches`` compare results.
+JSON keyword arguments and, for each of its arrays, ``[pool, offset, shape]``.
+``load_golden_cases()`` turns them into ``GoldenCase`` objects that any implementation with
+fastloss's API (``fastloss.reference`` or ``fastloss`` itself) can be called on, and
+``assert_forward_matches`` / ``assert_backward_matches`` compare the results.
 
 No torch is needed to use the golden vectors, only to regenerate them.
 """
@@ -125,7 +126,8 @@ def load_golden_cases(funcs=None, dtypes=None) -> list[GoldenCase]:
     return [
         _build_case(entry, pools)
         for entry in index["cases"]
-        if (funcs is None or entry["func"] in funcs) and (dtypes is None or entry["dtype"] in dtypes)
+        if (funcs is None or entry["func"] in funcs)
+        and (dtypes is None or entry["dtype"] in dtypes)
     ]
 
 
@@ -136,7 +138,9 @@ def load_golden_cases(funcs=None, dtypes=None) -> list[GoldenCase]:
 
 def _assert_same_specials(got, expected, what):
     """nan at the same places; infinities at the same places with the same sign."""
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=f"{what}: nan positions")
+    np.testing.assert_array_equal(
+        np.isnan(got), np.isnan(expected), err_msg=f"{what}: nan positions"
+    )
     infinite = np.isinf(expected)
     np.testing.assert_array_equal(np.isinf(got), infinite, err_msg=f"{what}: inf positions")
     np.testing.assert_array_equal(got[infinite], expected[infinite], err_msg=f"{what}: inf signs")

@@ -121,7 +121,8 @@ class GoldenWriter:
             "generator": "tests/make_golden.py",
             "torch_version": torch.__version__,
             "numpy_version": np.__version__,
-            "array_reference": "[pool, offset, shape] is npz[pool][offset : offset + prod(shape)].reshape(shape)",
+            "array_reference": "[pool, offset, shape] means "
+            "npz[pool][offset : offset + prod(shape)].reshape(shape)",
         }
         # One case per line: readable, and diffs stay small when cases change.
         lines = [json.dumps(case, allow_nan=False) for case in self.cases]
@@ -276,49 +277,69 @@ def add_index_target_losses(w, dtype):
                 target = _class_target(shape_key, shape, ignore_index)
                 arrays = {"input": _logits(shape_key, shape), "target": target, **extra}
                 for reduction in REDUCTIONS:
-                    w.add(f"{shape_key}_{variant}_{reduction}", func, dtype, arrays,
-                          reduction=reduction, **options)  # fmt: skip
+                    w.add(
+                        f"{shape_key}_{variant}_{reduction}",
+                        func,
+                        dtype,
+                        arrays,
+                        reduction=reduction,
+                        **options,
+                    )
         add_index_target_edge_cases(w, dtype, func)
 
 
 def add_index_target_edge_cases(w, dtype, func):
     x = _logits("edge", (4, 3))
     cases = {
-        "all_ignored": ({"input": x, "target": np.full(4, -100)}, {}),
-        "zero_target_weight": (
-            {"input": x, "target": np.array([0, 0, -100, 2]), "weight": np.array([0.0, 1.0, 0.0])},
-            {},
-        ),
-        "C1": ({"input": x[:, :1], "target": np.zeros(4, dtype=np.int64)}, {}),
-        "unbatched_ignored": ({"input": x[0], "target": np.array(-100)}, {}),
-        "N0": ({"input": np.zeros((0, 3)), "target": np.zeros(0, dtype=np.int64)}, {}),
-        "N0_spatial": ({"input": np.zeros((0, 3, 2)), "target": np.zeros((0, 2), dtype=np.int64)}, {}),
-        "spatial_size0": ({"input": np.zeros((2, 3, 0)), "target": np.zeros((2, 0), dtype=np.int64)}, {}),
-        "special_rows": (
-            {"input": SPECIAL_ROWS, "target": np.array([0, 1, 1, 2, 2, 1, 2, 1, -100])},
-            {},
-        ),
-        "ignored_special_rows": (
-            {"input": SPECIAL_ROWS[[1, 2, 4, 0]], "target": np.array([-100, -100, -100, 1])},
-            {},
-        ),
+        "all_ignored": {"input": x, "target": np.full(4, -100)},
+        "zero_target_weight": {
+            "input": x,
+            "target": np.array([0, 0, -100, 2]),
+            "weight": np.array([0.0, 1.0, 0.0]),
+        },
+        "C1": {"input": x[:, :1], "target": np.zeros(4, dtype=np.int64)},
+        "unbatched_ignored": {"input": x[0], "target": np.array(-100)},
+        "N0": {"input": np.zeros((0, 3)), "target": np.zeros(0, dtype=np.int64)},
+        "N0_spatial": {"input": np.zeros((0, 3, 2)), "target": np.zeros((0, 2), dtype=np.int64)},
+        "spatial_size0": {"input": np.zeros((2, 3, 0)), "target": np.zeros((2, 0), np.int64)},
+        "special_rows": {
+            "input": SPECIAL_ROWS,
+            "target": np.array([0, 1, 1, 2, 2, 1, 2, 1, -100]),
+        },
+        # Ignored rows give loss 0, but cross_entropy's grad is nan where the softmax is.
+        "ignored_special_rows": {
+            "input": SPECIAL_ROWS[[1, 2, 4, 0]],
+            "target": np.array([-100, -100, -100, 1]),
+        },
     }
-    for key, shape_row_target in {
-        "target_at_-inf": (SPECIAL_ROWS[:1], [0]),
-        "huge_logits_t1": (SPECIAL_ROWS[5:6], [1]),
-        "huge_logits_t0": (SPECIAL_ROWS[5:6], [0]),
-        "big_logits": (SPECIAL_ROWS[7:8], [1]),
+    # One special row alone, so that no other row's nan hides it in a mean.
+    for key, (row, target) in {
+        "target_at_-inf": (0, 0),
+        "huge_logits_t1": (5, 1),
+        "huge_logits_t0": (5, 0),
+        "big_logits": (7, 1),
     }.items():
-        row, target = shape_row_target
-        cases[key] = ({"input": row, "target": np.array(target)}, {})
-    for key, (arrays, options) in cases.items():
+        cases[key] = {"input": SPECIAL_ROWS[row : row + 1], "target": np.array([target])}
+    for key, arrays in cases.items():
         for reduction in REDUCTIONS:
-            w.add(f"{key}_{reduction}", func, dtype, arrays, reduction=reduction, **options)
+            w.add(f"{key}_{reduction}", func, dtype, arrays, reduction=reduction)
     if func == "cross_entropy":
-        w.add("special_rows_smoothing_mean", func, dtype, cases["special_rows"][0],
-              reduction="mean", label_smoothing=0.3)  # fmt: skip
-        w.add("negative_smoothing", func, dtype, {"input": x, "target": np.array([0, 2, 1, 0])},
-              reduction="mean", label_smoothing=-0.1)  # fmt: skip
+        w.add(
+            "special_rows_smoothing_none",
+            func,
+            dtype,
+            cases["special_rows"],
+            reduction="none",
+            label_smoothing=0.3,
+        )
+        w.add(
+            "negative_smoothing",
+            func,
+            dtype,
+            {"input": x, "target": np.array([0, 2, 1, 0])},
+            reduction="mean",
+            label_smoothing=-0.1,
+        )
 
 
 def add_probability_targets(w, dtype):
@@ -326,9 +347,17 @@ def add_probability_targets(w, dtype):
         arrays = {"input": _logits(shape_key, shape), "target": _probabilities(shape_key, shape)}
         weighted = arrays | {"weight": _class_weight(shape)}
         for reduction in REDUCTIONS:
-            w.add(f"prob_{shape_key}_{reduction}", "cross_entropy", dtype, arrays, reduction=reduction)
-            w.add(f"prob_{shape_key}_weight_smoothing_{reduction}", "cross_entropy", dtype, weighted,
-                  reduction=reduction, label_smoothing=0.25)  # fmt: skip
+            w.add(
+                f"prob_{shape_key}_{reduction}", "cross_entropy", dtype, arrays, reduction=reduction
+            )
+            w.add(
+                f"prob_{shape_key}_weight_smoothing_{reduction}",
+                "cross_entropy",
+                dtype,
+                weighted,
+                reduction=reduction,
+                label_smoothing=0.25,
+            )
     special = {
         "input": SPECIAL_ROWS[[0, 0, 5]],
         "target": np.array([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1]]),
@@ -346,20 +375,48 @@ def add_kl_div(w, dtype):
     for log_target in (False, True):
         target = np.log(y) if log_target else np.where(y < 0.2, 0.0, y)
         for reduction in ("none", "mean", "sum", "batchmean"):
-            w.add(f"4x5_{reduction}_log_target={log_target}", "kl_div", dtype,
-                  {"input": x, "target": target}, reduction=reduction, log_target=log_target)  # fmt: skip
+            w.add(
+                f"4x5_{reduction}_log_target={log_target}",
+                "kl_div",
+                dtype,
+                {"input": x, "target": target},
+                reduction=reduction,
+                log_target=log_target,
+            )
     broadcast = {"input": x[0], "target": y}
     w.add("broadcast_5_4x5_batchmean", "kl_div", dtype, broadcast, reduction="batchmean")
     w.add("broadcast_5_4x5_none", "kl_div", dtype, broadcast, reduction="none")
-    w.add("0d_batchmean", "kl_div", dtype, {"input": x[0, 0], "target": y[0, 0]}, reduction="batchmean")
-    w.add("legacy_reduce_batchmean", "kl_div", dtype, {"input": x, "target": y},
-          reduce=True, reduction="batchmean")  # fmt: skip
+    w.add(
+        "0d_batchmean",
+        "kl_div",
+        dtype,
+        {"input": x[0, 0], "target": y[0, 0]},
+        reduction="batchmean",
+    )
+    w.add(
+        "legacy_reduce_batchmean",
+        "kl_div",
+        dtype,
+        {"input": x, "target": y},
+        reduce=True,
+        reduction="batchmean",
+    )
     special_x = np.array([-INF, -INF, 0.0, -1.0, NAN])
-    w.add("special_none", "kl_div", dtype,
-          {"input": special_x, "target": np.array([0.0, 0.5, 0.0, -0.5, 0.5])}, reduction="none")
-    w.add("special_log_target_none", "kl_div", dtype,
-          {"input": special_x, "target": np.array([0.0, -INF, -INF, -0.5, 0.5])},
-          reduction="none", log_target=True)  # fmt: skip
+    w.add(
+        "special_none",
+        "kl_div",
+        dtype,
+        {"input": special_x, "target": np.array([0.0, 0.5, 0.0, -0.5, 0.5])},
+        reduction="none",
+    )
+    w.add(
+        "special_log_target_none",
+        "kl_div",
+        dtype,
+        {"input": special_x, "target": np.array([0.0, -INF, -INF, -0.5, 0.5])},
+        reduction="none",
+        log_target=True,
+    )
 
 
 def add_binary_losses(w, dtype):
@@ -371,9 +428,16 @@ def add_binary_losses(w, dtype):
         pos_weight = rng.random(shape[-1:]) * 3
         for reduction in REDUCTIONS:
             bce = {"input": probabilities, "target": target}
-            w.add(f"{shape_key}_{reduction}", "binary_cross_entropy", dtype, bce, reduction=reduction)
-            w.add(f"{shape_key}_weight_{reduction}", "binary_cross_entropy", dtype,
-                  bce | {"weight": class_weight}, reduction=reduction)  # fmt: skip
+            w.add(
+                f"{shape_key}_{reduction}", "binary_cross_entropy", dtype, bce, reduction=reduction
+            )
+            w.add(
+                f"{shape_key}_weight_{reduction}",
+                "binary_cross_entropy",
+                dtype,
+                bce | {"weight": class_weight},
+                reduction=reduction,
+            )
             logit_arrays = {"input": logits, "target": target}
             for key, extra in {
                 "": {},
@@ -381,8 +445,13 @@ def add_binary_losses(w, dtype):
                 "_pos_weight": {"pos_weight": pos_weight},
                 "_both": {"weight": class_weight, "pos_weight": pos_weight},
             }.items():
-                w.add(f"{shape_key}{key}_{reduction}", "binary_cross_entropy_with_logits", dtype,
-                      logit_arrays | extra, reduction=reduction)  # fmt: skip
+                w.add(
+                    f"{shape_key}{key}_{reduction}",
+                    "binary_cross_entropy_with_logits",
+                    dtype,
+                    logit_arrays | extra,
+                    reduction=reduction,
+                )
     ends = {
         "input": np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1e-10, 0.5]),
         "target": np.array([1.0, 0.0, 0.5, 1.0, 0.0, 0.0, 0.5]),
@@ -392,8 +461,13 @@ def add_binary_losses(w, dtype):
     values = np.array([INF, -INF, NAN, 1e4, -1e4, 1e30, -1e30, 100.0, -100.0])
     special = {"input": np.repeat(values, 2), "target": np.tile([0.0, 1.0], len(values))}
     w.add("special_none", "binary_cross_entropy_with_logits", dtype, special, reduction="none")
-    w.add("special_pos_weight_none", "binary_cross_entropy_with_logits", dtype,
-          special | {"pos_weight": np.array(3.0)}, reduction="none")  # fmt: skip
+    w.add(
+        "special_pos_weight_none",
+        "binary_cross_entropy_with_logits",
+        dtype,
+        special | {"pos_weight": np.array(3.0)},
+        reduction="none",
+    )
 
 
 def add_mse_loss(w, dtype):
@@ -402,18 +476,36 @@ def add_mse_loss(w, dtype):
     weight = rng.random((4, 5)) + 0.2
     for reduction in REDUCTIONS:
         w.add(f"4x5_{reduction}", "mse_loss", dtype, {"input": x, "target": y}, reduction=reduction)
-        w.add(f"4x5_weight_{reduction}", "mse_loss", dtype,
-              {"input": x, "target": y, "weight": weight}, reduction=reduction)  # fmt: skip
-        w.add(f"broadcast_4x5_5_{reduction}", "mse_loss", dtype,
-              {"input": x, "target": y[0]}, reduction=reduction)  # fmt: skip
-    w.add("2x3x4_mean", "mse_loss", dtype,
-          {"input": _logits("mse", (2, 3, 4)), "target": _logits("mse_t", (2, 3, 4))})
+        w.add(
+            f"4x5_weight_{reduction}",
+            "mse_loss",
+            dtype,
+            {"input": x, "target": y, "weight": weight},
+            reduction=reduction,
+        )
+        w.add(
+            f"broadcast_4x5_5_{reduction}",
+            "mse_loss",
+            dtype,
+            {"input": x, "target": y[0]},
+            reduction=reduction,
+        )
+    w.add(
+        "2x3x4_mean",
+        "mse_loss",
+        dtype,
+        {"input": _logits("mse", (2, 3, 4)), "target": _logits("mse_t", (2, 3, 4))},
+    )
     # The square of `big` overflows in float64; in float32 it must not, because float32
     # cases are checked against the reference run in float64.
     big = 1e200 if dtype == "float64" else 1e18
-    w.add("special_none", "mse_loss", dtype,
-          {"input": np.array([INF, INF, NAN, big, -INF]), "target": np.array([INF, 0, 0, 0, 1.0])},
-          reduction="none")  # fmt: skip
+    w.add(
+        "special_none",
+        "mse_loss",
+        dtype,
+        {"input": np.array([INF, INF, NAN, big, -INF]), "target": np.array([INF, 0, 0, 0, 1.0])},
+        reduction="none",
+    )
 
 
 def add_multi_margin_loss(w, dtype):
@@ -423,31 +515,68 @@ def add_multi_margin_loss(w, dtype):
     for reduction in REDUCTIONS:
         for p in (1, 2):
             arrays = {"input": x, "target": target}
-            w.add(f"4x5_p{p}_{reduction}", "multi_margin_loss", dtype, arrays, p=p, reduction=reduction)
-            w.add(f"4x5_p{p}_weight_margin0.5_{reduction}", "multi_margin_loss", dtype,
-                  arrays | {"weight": weight}, p=p, margin=0.5, reduction=reduction)  # fmt: skip
-        w.add(f"unbatched_{reduction}", "multi_margin_loss", dtype,
-              {"input": x[0], "target": target[0]}, reduction=reduction)  # fmt: skip
+            w.add(
+                f"4x5_p{p}_{reduction}",
+                "multi_margin_loss",
+                dtype,
+                arrays,
+                p=p,
+                reduction=reduction,
+            )
+            w.add(
+                f"4x5_p{p}_weight_margin0.5_{reduction}",
+                "multi_margin_loss",
+                dtype,
+                arrays | {"weight": weight},
+                p=p,
+                margin=0.5,
+                reduction=reduction,
+            )
+        w.add(
+            f"unbatched_{reduction}",
+            "multi_margin_loss",
+            dtype,
+            {"input": x[0], "target": target[0]},
+            reduction=reduction,
+        )
     special = {
         "input": np.array([[NAN, 0.0, 1.0], [INF, 0.0, 1.0], [0.0, INF, 1.0], [1.0, 0.0, -2.0]]),
         "target": np.array([1, 0, 0, 0]),
     }
     w.add("special_none", "multi_margin_loss", dtype, special, reduction="none")
     w.add("special_p2_none", "multi_margin_loss", dtype, special, p=2, reduction="none")
-    w.add("0d_none", "multi_margin_loss", dtype,
-          {"input": np.array(0.7), "target": np.array(0)}, reduction="none")  # fmt: skip
-    w.add("N0_none", "multi_margin_loss", dtype,
-          {"input": np.zeros((0, 3)), "target": np.zeros(0, dtype=np.int64)}, reduction="none")  # fmt: skip
-    w.add("C1_mean", "multi_margin_loss", dtype, {"input": x[:, :1], "target": np.zeros(4, np.int64)})
+    w.add(
+        "0d_none",
+        "multi_margin_loss",
+        dtype,
+        {"input": np.array(0.7), "target": np.array(0)},
+        reduction="none",
+    )
+    w.add(
+        "N0_none",
+        "multi_margin_loss",
+        dtype,
+        {"input": np.zeros((0, 3)), "target": np.zeros(0, dtype=np.int64)},
+        reduction="none",
+    )
+    w.add(
+        "C1_mean", "multi_margin_loss", dtype, {"input": x[:, :1], "target": np.zeros(4, np.int64)}
+    )
 
 
 def add_legacy_arguments(w, dtype):
     x = _logits("legacy", (4, 5))
     target = _class_target("legacy", (4, 5))
     for size_average, reduce in ((False, None), (None, False), (True, True)):
-        w.add(f"legacy_size_average={size_average}_reduce={reduce}", "cross_entropy", dtype,
-              {"input": x, "target": target}, size_average=size_average, reduce=reduce,
-              reduction="sum")  # fmt: skip
+        w.add(
+            f"legacy_size_average={size_average}_reduce={reduce}",
+            "cross_entropy",
+            dtype,
+            {"input": x, "target": target},
+            size_average=size_average,
+            reduce=reduce,
+            reduction="sum",
+        )
 
 
 def main():
@@ -467,7 +596,9 @@ def main():
         add_legacy_arguments(writer, dtype)
     writer.write()
     size_kb = NPZ_PATH.stat().st_size / 1024
-    print(f"{len(writer.cases)} cases, {writer.num_arrays} arrays, {NPZ_PATH.name} {size_kb:.0f} KB")
+    print(
+        f"{len(writer.cases)} cases, {writer.num_arrays} arrays, {NPZ_PATH.name} {size_kb:.0f} KB"
+    )
 
 
 if __name__ == "__main__":

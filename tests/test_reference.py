@@ -129,9 +129,21 @@ def test_logsumexp_random(shape, dim, keepdim):
     check("logsumexp", _logits(_rng(shape, dim), shape), dim, keepdim=keepdim)
 
 
-SOFTMAX_SHAPES = [((), 0), ((), -1), ((7,), 0), ((4, 5), 1), ((4, 5), 0), ((4, 5), -2),
-                  ((2, 3, 4), 0), ((2, 3, 4), 1), ((2, 3, 4), 2), ((2, 3, 2, 2), 1),
-                  ((3, 0), 1), ((0, 3), 1), ((2, 1), 1)]  # fmt: skip
+SOFTMAX_SHAPES = [
+    ((), 0),
+    ((), -1),
+    ((7,), 0),
+    ((4, 5), 1),
+    ((4, 5), 0),
+    ((4, 5), -2),
+    ((2, 3, 4), 0),
+    ((2, 3, 4), 1),
+    ((2, 3, 4), 2),
+    ((2, 3, 2, 2), 1),
+    ((3, 0), 1),
+    ((0, 3), 1),
+    ((2, 1), 1),
+]
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
@@ -241,7 +253,7 @@ def _index_target(rng, shape, ignore_index):
 
 
 def _index_configs():
-    """(spatial_rank, reduction, weighted, ignore_kind, label_smoothing) for the sweep."""
+    """(spatial_rank, reduction, weighted, ignore_kind) for the sweep; rank None is (C,)."""
     ranks = [None, 0, 1, 2, 3, 4, 5]
     ignore_kinds = ["default", "minus_one", "valid_class"]
     return list(itertools.product(ranks, REDUCTIONS, [False, True], ignore_kinds))
@@ -273,8 +285,14 @@ def test_worked_example_from_semantics():
     x = np.array([[1.0, 2.0, 3.0]] * 3)
     t = np.array([2, 1, 0])
     np.testing.assert_allclose(reference.cross_entropy(x, t), 1.4076059644443806, rtol=1e-12)
-    expected_grad = [[0.0300, 0.0816, -0.1116], [0.0300, -0.2518, 0.2217], [-0.3033, 0.0816, 0.2217]]
-    np.testing.assert_allclose(reference.cross_entropy_backward(1.0, x, t), expected_grad, atol=1e-4)
+    expected_grad = [
+        [0.0300, 0.0816, -0.1116],
+        [0.0300, -0.2518, 0.2217],
+        [-0.3033, 0.0816, 0.2217],
+    ]
+    np.testing.assert_allclose(
+        reference.cross_entropy_backward(1.0, x, t), expected_grad, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", ["nll_loss", "cross_entropy"])
@@ -314,7 +332,9 @@ def test_unbatched_input_with_target_of_shape_one(name, reduction):
     )
     with_shape_one = (x, np.array([1]))
     assert_same(getattr(reference, name)(*with_shape_one, reduction=reduction), expected, name)
-    got_grad = getattr(reference, name + "_backward")(grad_output, *with_shape_one, reduction=reduction)
+    got_grad = getattr(reference, name + "_backward")(
+        grad_output, *with_shape_one, reduction=reduction
+    )
     assert_same(got_grad, expected_grad, name)
 
 
@@ -357,7 +377,9 @@ def test_index_target_special_rows(name, reduction, eps, weighted):
 def test_negative_or_nan_label_smoothing_means_zero(eps):
     rng = _rng("eps", eps)
     x, t = _logits(rng, (5, 4)), rng.integers(0, 4, size=5)
-    assert_same(reference.cross_entropy(x, t, label_smoothing=eps), reference.cross_entropy(x, t), "eps")
+    assert_same(
+        reference.cross_entropy(x, t, label_smoothing=eps), reference.cross_entropy(x, t), "eps"
+    )
     check("cross_entropy", x, t, label_smoothing=eps)
 
 
@@ -411,8 +433,15 @@ def test_empty_probability_target_sum_is_negative_zero():
 # kl_div
 # --------------------------------------------------------------------------------------
 
-KL_SHAPES = [((4, 5), (4, 5)), ((5,), (4, 5)), ((4, 1), (4, 3)), ((2, 3, 4), (2, 3, 4)),
-             ((), ()), ((3,), (3,)), ((0, 3), (0, 3))]  # fmt: skip
+KL_SHAPES = [
+    ((4, 5), (4, 5)),
+    ((5,), (4, 5)),
+    ((4, 1), (4, 3)),
+    ((2, 3, 4), (2, 3, 4)),
+    ((), ()),
+    ((3,), (3,)),
+    ((0, 3), (0, 3)),
+]
 
 
 @pytest.mark.parametrize("input_shape, target_shape", KL_SHAPES)
@@ -434,7 +463,9 @@ def test_kl_div_special_values(reduction, log_target):
     if not log_target:
         y = np.array([[0.0, 0.5, -0.5, 0.0, 0.5, NAN]])
     for i in range(x.shape[1]):
-        check("kl_div", x[:, i : i + 1], y[:, i : i + 1], reduction=reduction, log_target=log_target)
+        check(
+            "kl_div", x[:, i : i + 1], y[:, i : i + 1], reduction=reduction, log_target=log_target
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -485,8 +516,14 @@ def test_binary_cross_entropy_with_logits_random(shape, reduction):
     for weight_shape, pos_weight_shape in itertools.product(weight_shapes, weight_shapes):
         weight = None if weight_shape is None else rng.random(weight_shape) + 0.1
         pos_weight = None if pos_weight_shape is None else rng.random(pos_weight_shape) * 3
-        check("binary_cross_entropy_with_logits", x, y, weight=weight, pos_weight=pos_weight,
-              reduction=reduction)  # fmt: skip
+        check(
+            "binary_cross_entropy_with_logits",
+            x,
+            y,
+            weight=weight,
+            pos_weight=pos_weight,
+            reduction=reduction,
+        )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -497,16 +534,30 @@ def test_binary_cross_entropy_with_logits_special_values(reduction, with_pos_wei
     y = np.tile([0.0, 1.0, 0.5], len(values))
     pos_weight = np.array(3.0) if with_pos_weight else None
     for i in range(len(x)):
-        check("binary_cross_entropy_with_logits", x[i : i + 1], y[i : i + 1], seed=i,
-              pos_weight=pos_weight, reduction=reduction)  # fmt: skip
+        check(
+            "binary_cross_entropy_with_logits",
+            x[i : i + 1],
+            y[i : i + 1],
+            seed=i,
+            pos_weight=pos_weight,
+            reduction=reduction,
+        )
 
 
 # --------------------------------------------------------------------------------------
 # mse_loss
 # --------------------------------------------------------------------------------------
 
-MSE_SHAPES = [((4, 3), (4, 3)), ((4, 3), (1, 3)), ((4, 3), (3,)), ((1, 3), (4, 3)),
-              ((3,), (2, 3)), ((), ()), ((0, 3), (0, 3)), ((2, 3, 4), (2, 3, 4))]  # fmt: skip
+MSE_SHAPES = [
+    ((4, 3), (4, 3)),
+    ((4, 3), (1, 3)),
+    ((4, 3), (3,)),
+    ((1, 3), (4, 3)),
+    ((3,), (2, 3)),
+    ((), ()),
+    ((0, 3), (0, 3)),
+    ((2, 3, 4), (2, 3, 4)),
+]
 
 
 @pytest.mark.parametrize("input_shape, target_shape", MSE_SHAPES)
@@ -543,7 +594,9 @@ def test_multi_margin_loss_random(shape, reduction, p):
     target = rng.integers(0, num_classes, size=target_shape)
     for margin, weighted in itertools.product([1.0, 0.5, 0.0, -0.3, 2.5], [False, True]):
         weight = rng.random(num_classes) + 0.1 if weighted else None
-        check("multi_margin_loss", x, target, p=p, margin=margin, weight=weight, reduction=reduction)
+        check(
+            "multi_margin_loss", x, target, p=p, margin=margin, weight=weight, reduction=reduction
+        )
     if len(shape) == 1:  # an unbatched input also takes a target of shape (1,)
         check("multi_margin_loss", x, target.reshape(1), p=p, reduction=reduction)
 
@@ -554,9 +607,13 @@ def test_multi_margin_loss_special_values(reduction, p):
     x = np.array([[NAN, 0.0, 1.0], [INF, 0.0, 1.0], [0.0, INF, 1.0], [0.0, 0.5, 1.0]])
     target = np.array([1, 0, 0, 2])
     for i in range(len(x)):
-        check("multi_margin_loss", x[i : i + 1], target[i : i + 1], p=p, reduction=reduction, seed=i)
+        check(
+            "multi_margin_loss", x[i : i + 1], target[i : i + 1], p=p, reduction=reduction, seed=i
+        )
     # Exactly at the kink z = 0: no loss and a zero subgradient.
-    check("multi_margin_loss", np.array([[1.0, 0.0, -2.0]]), np.array([0]), p=p, reduction=reduction)
+    check(
+        "multi_margin_loss", np.array([[1.0, 0.0, -2.0]]), np.array([0]), p=p, reduction=reduction
+    )
     check("multi_margin_loss", np.array(0.7), np.array(0), p=p, reduction=reduction)
 
 
@@ -573,8 +630,16 @@ def test_multi_margin_loss_empty_batch():
 # Legacy size_average / reduce arguments
 # --------------------------------------------------------------------------------------
 
-LEGACY = [(None, False), (False, None), (True, None), (None, True), (False, False), (True, False),
-          (False, True), (True, True)]  # fmt: skip
+LEGACY = [
+    (None, False),
+    (False, None),
+    (True, None),
+    (None, True),
+    (False, False),
+    (True, False),
+    (False, True),
+    (True, True),
+]
 
 
 def _legacy_inputs(name):
@@ -593,9 +658,18 @@ def _legacy_inputs(name):
     }[name]
 
 
-@pytest.mark.parametrize("name", ["nll_loss", "cross_entropy", "kl_div", "binary_cross_entropy",
-                                  "binary_cross_entropy_with_logits", "mse_loss",
-                                  "multi_margin_loss"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nll_loss",
+        "cross_entropy",
+        "kl_div",
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "mse_loss",
+        "multi_margin_loss",
+    ],
+)
 @pytest.mark.parametrize("size_average, reduce", LEGACY)
 def test_legacy_arguments(name, size_average, reduce):
     x, target = _legacy_inputs(name)

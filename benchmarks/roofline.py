@@ -1,0 +1,92 @@
+"""Memory-bandwidth ceilings, measured in the same run as the kernels they bound.
+
+A softmax-family kernel on a large array cannot run faster than the memory system can stream
+its bytes. Two parallel probes measure that limit on the benchmark's own array, with the
+package's own Numba options, so "% of roofline" compares numbers taken seconds apart on the
+same machine state (this VM's bandwidth varies 2x between runs: kernel-notes.md):
+
+* ``read_probe(x)``: a parallel sum over rows of ``CHUNK`` elements (read bandwidth), the
+  ceiling of reductions such as logsumexp;
+* ``rw_probe(x)``: a parallel scale-copy ``out = 2 * x`` into a preallocated array (read +
+  write bandwidth), the ceiling of kernels that write an array as large as their input.
+
+Both return ``(run, nbytes)``: a zero-argument callable for the timer and the bytes one call
+moves. The write target is allocated once, so the copy's ceiling excludes the page faults a
+fresh output costs; fastloss pays those, which is part of what "% of roofline" shows.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from fastloss._config import CACHE, FASTMATH
+
+# The package's options (fastloss/_config.py), compiled parallel: "reassoc" lets the sum
+# vectorize, and no "nnan"/"ninf" keeps it honest about what the kernels may assume.
+_OPTIONS = dict(parallel=True, fastmath=set(FASTMATH), cache=CACHE, error_model="numpy")
+
+# Elements per prange work item: large enough to stream, small enough to balance 2+ threads.
+CHUNK = 1 << 16
+
+
+@numba.njit(**_OPTIONS)
+def _row_sums(v, chunk, zero, out):
+    """out[k] = sum(v[k*chunk : (k+1)*chunk]), accumulated in v's own dtype."""
+    n = v.shape[0]
+    for k in prange(out.shape[0]):
+        s = zero
+        for i in range(k * chunk, min((k + 1) * chunk, n)):
+            s += v[i]
+        out[k] = s
+
+
+@numba.njit(**_OPTIONS)
+def _scale_copy(v, chunk, factor, out):
+    """out = factor * v, one contiguous chunk per work item."""
+    n = v.shape[0]
+    for k in prange((n + chunk - 1) // chunk):
+        for i in range(k * chunk, min((k + 1) * chunk, n)):
+            out[i] = factor * v[i]
+
+
+def _words(x: np.ndarray) -> np.ndarray:
+    """x's bytes as a flat float32/float64 array (Numba cannot type float16/bfloat16).
+
+    A 16-bit array is read as float32 words: the same bytes, which is all bandwidth needs.
+    """
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if flat.dtype in (np.float32, np.float64):
+        return flat
+    usable = flat.nbytes - flat.nbytes % 4
+    return flat.view(np.uint8)[:usable].view(np.float32)
+
+
+def read_probe(x: np.ndarray):
+    """(run, nbytes) of a parallel read of every byte of ``x``."""
+    v = _words(x)
+    out = np.empty(max(1, -(-v.size // CHUNK)), v.dtype)
+    zero = v.dtype.type(0)
+
+    def run():
+        _row_sums(v, CHUNK, zero, out)
+        return out
+
+    return run, v.nbytes
+
+
+def rw_probe(x: np.ndarray):
+    """(run, nbytes) of a parallel read of ``x`` plus a write of as many bytes."""
+    v = _words(x)
+    out = np.empty_like(v)
+    factor = v.dtype.type(2)
+
+    def run():
+        _scale_copy(v, CHUNK, factor, out)
+        return out
+
+    return run, 2 * v.nbytes
+
+
+PROBES = {"roofline-read": read_probe, "roofline-rw": rw_probe}
