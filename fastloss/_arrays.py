@@ -39,6 +39,10 @@ def as_array(value, name: str) -> np.ndarray:
     """``np.asarray`` for anything array-like (lists, scalars, __array__, DLPack tensors)."""
     if type(value) is np.ndarray:
         return value
+    if hasattr(value, "detach") and hasattr(value, "requires_grad"):
+        # A torch tensor that requires grad refuses __array__ and DLPack: its values are
+        # what is wanted here (fastloss computes gradients itself).
+        value = value.detach()
     try:
         return np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as exc:

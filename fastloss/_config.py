@@ -7,16 +7,22 @@ Compilation is lazy (no signatures), so ``import fastloss`` compiles nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import types
 import warnings
+from pathlib import Path
 
 import numba
 
-# fastmath without "nnan"/"ninf": -inf-masked logits, all -inf rows and NaN propagation are
-# core behaviour, and dropping those two flags costs no speed. "reassoc" is the flag that lets
-# sum reductions vectorize.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+# Function-wide fastmath is "nsz" alone: never "nnan"/"ninf" (-inf-masked logits, all -inf
+# rows and NaN propagation are core behaviour), and not "reassoc", "contract" or "arcp" either:
+# each lets LLVM rearrange arithmetic differently in the serial and the parallel twin, or in a
+# loop's vector body and its scalar remainder (taken when out aliases an input), so the same
+# element would round differently from call to call. Where reassociation is wanted, in the
+# steps of a sum that should vectorize, _math.radd carries the flag on that one addition; the
+# polynomials use explicit fused multiply-adds (_math.fma).
+FASTMATH = frozenset({"nsz"})
 
 # Vector width (bits) the kernels ask LLVM for; see _math.wide_vectors. 256 suits CPUs whose
 # 512-bit units run at reduced clocks.
@@ -56,12 +62,29 @@ def _cache_probe():  # pragma: no cover - only decorated, never called
 
 CACHE = _cache_usable()
 
+
+def _build_tag() -> str:
+    """A digest of everything compiled code depends on beyond a function's own bytecode.
+
+    Numba's cache keys an entry by the function's name, line and bytecode only: not by the
+    options it was compiled with, nor by the helpers it inlined from other files. Putting
+    this digest into every cached function's name makes a changed option or a changed helper
+    (an upgrade, an edited file) compile afresh instead of loading stale machine code.
+    """
+    digest = hashlib.sha1(repr((sorted(FASTMATH), VECTOR_WIDTH)).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+BUILD_TAG = _build_tag()
+
 _OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, error_model="numpy", nogil=True)
 
 
 def jit(func):
-    """A serial helper or kernel (inlined into callers by LLVM)."""
-    return numba.njit(**_OPTIONS)(func)
+    """A serial helper (inlined into the kernels by LLVM)."""
+    return numba.njit(**_OPTIONS)(_renamed(func, "jit"))
 
 
 class Kernel:
@@ -91,8 +114,8 @@ class Kernel:
             return (self.parallel if granted else self.serial)(*args)
 
 
-def _renamed(func, twin: str):
-    """A copy of ``func`` whose qualified name names the twin.
+def _renamed(func, variant: str):
+    """A copy of ``func`` whose qualified name names its variant and the build tag.
 
     Numba's on-disk cache keys a function by its qualified name, source line and bytecode,
     not by the ``parallel`` flag: without distinct names the serial twin would load the
@@ -101,7 +124,7 @@ def _renamed(func, twin: str):
     copy = types.FunctionType(
         func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
     )
-    copy.__qualname__ = f"{func.__qualname__}__{twin}"
+    copy.__qualname__ = f"{func.__qualname__}__{variant}_{BUILD_TAG}"
     copy.__module__ = func.__module__
     copy.__doc__ = func.__doc__
     return copy

@@ -52,6 +52,7 @@ from ._math import (
     load,
     log_pos,
     log_prob,
+    radd,
     store,
     sub_exact,
     wide_vectors,
@@ -82,7 +83,7 @@ def _weighted_gap_row(x, r, weight, m):
         wb = weight[b0 : min(b0 + BLOCK, classes)]
         acc = const(x, 0.0)
         for j in range(xb.shape[0]):
-            acc += wb[j] * (m - load(xb[j]))
+            acc = radd(acc, wb[j] * (m - load(xb[j])))
         total += acc
     return total
 
@@ -111,8 +112,8 @@ def _target_sums_row(x, y, r, weight, keep, uniform, m):
         b_acc = const(x, 0.0)
         for j in range(xb.shape[0]):
             wy = wb[j] * (keep * load(yb[j]) + uniform)
-            a_acc += wy
-            b_acc += wy * (m - load(xb[j]))
+            a_acc = radd(a_acc, wy)
+            b_acc = radd(b_acc, wy * (m - load(xb[j])))
         a += a_acc
         b += b_acc
     return a, b
@@ -156,7 +157,7 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad):
         # the arrays' addresses, and the last bit would change from call to call.
         acc = zero
         for j in range(gb.shape[0]):
-            acc += load(gb[j]) if b0 + j != t else zero
+            acc = radd(acc, load(gb[j]) if b0 + j != t else zero)
         others += acc
     return others
 

@@ -28,14 +28,20 @@ from numba import prange
 from ._config import jit, kernel
 from ._math import (
     const,
+    exp_fine,
     exp_out,
+    exp_overflows,
     exp_sum,
     fmax,
     load,
     log1p_unit,
     log_pos,
     log_prob,
+    mul_exact,
+    radd,
     store,
+    sub_exact,
+    add_exact,
     wide_vectors,
 )
 
@@ -77,7 +83,7 @@ def _row_state(x, r, start, stop):
             continue
         acc = const(x, 0.0)
         for j in range(block.shape[0]):
-            acc += exp_sum(load(block[j]) - m)
+            acc = radd(acc, exp_sum(load(block[j]) - m))
         s += acc
     return m, s
 
@@ -127,6 +133,17 @@ def _row_log_sum(x, m, s):
 
 
 @jit
+def _lse_shift(x, m, s):
+    """lse - m as the float64 logsumexp leaves it: log s, unless m + log s rounds to m.
+
+    torch's gradient of logsumexp is exp(x - lse) with lse as computed; when |m| is so large
+    that log s vanishes in m + log s, torch (and the float64 reference) get exp(x - m).
+    """
+    m64 = np.float64(m)
+    return const(x, sub_exact(add_exact(m64, log_pos(s)), m64))
+
+
+@jit
 def _row_dot(g, x, r, m, log_s, with_probabilities):
     """sum_j g[r, j] * p[r, j] (or sum_j g[r, j]), blockwise with a float64 total."""
     wide_vectors()
@@ -138,10 +155,10 @@ def _row_dot(g, x, r, m, log_s, with_probabilities):
         acc = const(x, 0.0)
         if with_probabilities:
             for j in range(xb.shape[0]):
-                acc += load(gb[j]) * exp_out(log_prob(load(xb[j]), m, log_s))
+                acc = radd(acc, load(gb[j]) * exp_out(log_prob(load(xb[j]), m, log_s)))
         else:
             for j in range(xb.shape[0]):
-                acc += load(gb[j])
+                acc = radd(acc, load(gb[j]))
         total += acc
     return total
 
@@ -159,8 +176,10 @@ def lse_rows(x, out):
         out[r] = store(_row_lse(x, r), out)
 
 
-# Rows longer than this are split across threads when there are too few rows to go round.
+# Fewer than SPLIT_MAX_ROWS rows of at least 2 * SPLIT_CHUNK elements are split into chunks
+# (whose states merge in a fixed order), so that even one long row keeps every thread busy.
 SPLIT_CHUNK = 65536
+SPLIT_MAX_ROWS = 8
 
 
 @kernel
@@ -254,9 +273,9 @@ def lse_backward_rows(g, x, out):
         gr = load(g[r])
         xr, yr = x[r], out[r]
         if _is_regular(m, s):
-            log_s = _row_log_sum(x, m, s)
+            shift = _lse_shift(x, m, s)
             for j in range(n):
-                yr[j] = store(gr * exp_out(log_prob(load(xr[j]), m, log_s)), out)
+                yr[j] = store(gr * exp_out(log_prob(load(xr[j]), m, shift)), out)
         else:
             # -inf entries get 0, +inf entries NaN, and an all -inf row NaN, as torch.
             lse = const(x, _special_lse_row(x, r))
@@ -426,6 +445,8 @@ def lse_backward_strided(g, x, out, tile):
         n = min(tile, inner - p0)
         m, s = _tile_state(x, o, p0, n)
         log_s, any_special = _tile_log_sums(x, m, s)
+        for t in range(n):
+            log_s[t] = _lse_shift(x, m[t], s[t])
         gt = g[o, p0 : p0 + n]
         for c in range(channels):
             xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
@@ -445,48 +466,55 @@ def lse_backward_strided(g, x, out, tile):
 # Elementwise: sigmoid and logsigmoid on flat arrays
 
 
+@jit
+def _sigmoid(v, one):
+    """1 / (1 + exp(-v)) from exp(-|v|), which never overflows; 0 where torch's exp(-v)
+    overflows, subnormal just above."""
+    e = exp_fine(-abs(v))
+    if v >= 0:
+        return one / (one + e)
+    return one - one if exp_overflows(v) else e / (one + e)
+
+
 @kernel
 def sigmoid_flat(x, out):
     wide_vectors()
+    one = const(x, 1.0)
     for i in prange(x.shape[0]):
         wide_vectors()
-        v = load(x[i])
-        e = exp_out(-abs(v))  # exp(-|x|) never overflows
-        one = const(x, 1.0)
-        out[i] = store(one / (one + e) if v >= 0 else e / (one + e), out)
+        out[i] = store(_sigmoid(load(x[i]), one), out)
 
 
 @kernel
 def sigmoid_backward_flat(g, x, out):
     wide_vectors()
+    one = const(x, 1.0)
     for i in prange(x.shape[0]):
         wide_vectors()
-        v = load(x[i])
-        e = exp_out(-abs(v))
-        one = const(x, 1.0)
-        sig = one / (one + e) if v >= 0 else e / (one + e)
-        out[i] = store(load(g[i]) * sig * (one - sig), out)
+        sig = _sigmoid(load(x[i]), one)
+        # Fixed association: reassociated differently in the serial and the parallel twin,
+        # g * sig * (1 - sig) rounded differently in each.
+        out[i] = store(mul_exact(mul_exact(load(g[i]), sig), sub_exact(one, sig)), out)
 
 
 @kernel
 def logsigmoid_flat(x, out):
     """log sigmoid(x) = min(x, 0) - log1p(exp(-|x|))."""
     wide_vectors()
+    zero = const(x, 0.0)
     for i in prange(x.shape[0]):
         wide_vectors()
         v = load(x[i])
-        zero = const(x, 0.0)
-        e = exp_out(-abs(v))
-        out[i] = store(min(v, zero) - log1p_unit(e), out)
+        out[i] = store(min(v, zero) - log1p_unit(exp_fine(-abs(v))), out)
 
 
 @kernel
 def logsigmoid_backward_flat(g, x, out):
     """d/dx log sigmoid(x) = sigmoid(-x)."""
     wide_vectors()
+    one = const(x, 1.0)
     for i in prange(x.shape[0]):
         wide_vectors()
         v = load(x[i])
-        one = const(x, 1.0)
-        e = exp_out(-abs(v))
+        e = exp_fine(-abs(v))
         out[i] = store(load(g[i]) * (e / (one + e) if v >= 0 else one / (one + e)), out)

@@ -70,26 +70,6 @@ def fmax(typingctx, a, b):
 
 
 @intrinsic
-def reduce_by_ln2(typingctx, x, k, hi, lo):
-    """(x - k*hi) - k*lo without reassociation.
-
-    Numba's fastmath pass only flags float instructions that carry no flags, so giving these
-    "contract" alone keeps "reassoc" from folding the two-constant Cody-Waite split back into
-    x - k*(hi + lo), which costs up to 200 ulp at large |x|.
-    """
-    if not (x == k == hi == lo and x in (types.float32, types.float64)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        xv, kv, hiv, lov = args
-        flags = ("contract",)
-        r = builder.fsub(xv, builder.fmul(kv, hiv, flags=flags), flags=flags)
-        return builder.fsub(r, builder.fmul(kv, lov, flags=flags), flags=flags)
-
-    return x(x, k, hi, lo), codegen
-
-
-@intrinsic
 def wide_vectors(typingctx):
     """Let LLVM vectorize the calling function with VECTOR_WIDTH-bit registers.
 
@@ -108,6 +88,38 @@ def wide_vectors(typingctx):
     return types.none(), codegen
 
 
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c with one rounding, in scalar and vector code alike (llvm.fma)."""
+    if not (a == b == c and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty] * 3))
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def radd(typingctx, acc, v):
+    """acc + v for a reduction: the one operation that carries "reassoc".
+
+    That flag is what lets LLVM vectorize a sum (one partial sum per lane). fastloss gives it
+    to reduction steps only, never to whole functions: a reassociable expression may be
+    rearranged differently in the serial and the parallel twin, or in a loop's vector body
+    and its scalar remainder, and then round differently for the same element.
+    """
+    if not (acc == v and acc in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1], flags=("reassoc", "nsz"))
+
+    return acc(acc, v), codegen
+
+
 def _exact_binop(opname):
     def impl(typingctx, a, b):
         if not (a == b and a in (types.float32, types.float64)):
@@ -124,8 +136,10 @@ def _exact_binop(opname):
 
 add_exact = _exact_binop("fadd")
 sub_exact = _exact_binop("fsub")
+mul_exact = _exact_binop("fmul")
 add_exact.__doc__ = "a + b that fastmath may not reassociate with its neighbours."
 sub_exact.__doc__ = "a - b that fastmath may not reassociate with its neighbours."
+mul_exact.__doc__ = "a * b that fastmath may not reassociate with its neighbours."
 
 
 def log_prob(v, m, log_s):
@@ -327,36 +341,39 @@ _F64_Q = (
 
 
 @jit
-def _exp32_core(x):
-    # x >= _F32_LO (or NaN, which flows through as NaN)
+def _exp32_parts(x):
+    """(p, k) with exp(x) = p * 2^k: Cody-Waite reduction, then the degree-6 polynomial."""
     k = rint(x * _F32_LOG2E)
-    r = reduce_by_ln2(x, k, _F32_LN2_HI, _F32_LN2_LO)
+    r = fma(-k, _F32_LN2_HI, x)
+    r = fma(-k, _F32_LN2_LO, r)
     q = _F32_Q[0]
-    q = q * r + _F32_Q[1]
-    q = q * r + _F32_Q[2]
-    q = q * r + _F32_Q[3]
-    q = q * r + _F32_Q[4]
-    p = _F32_ONE + r + r * r * q
-    return p * float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+    for c in _F32_Q[1:]:
+        q = fma(q, r, c)
+    return fma(r * r, q, r + _F32_ONE), np.int32(k)
+
+
+@jit
+def _exp64_parts(x):
+    k = rint(x * _F64_LOG2E)
+    r = fma(-k, _F64_LN2_HI, x)
+    r = fma(-k, _F64_LN2_LO, r)
+    q = _F64_Q[0]
+    for c in _F64_Q[1:]:
+        q = fma(q, r, c)
+    return fma(r * r, q, r + 1.0), np.int64(k)
+
+
+@jit
+def _exp32_core(x):
+    # x >= _F32_LO (or NaN, which flows through as NaN), so 2^k is a normal float32.
+    p, k = _exp32_parts(x)
+    return p * float32_from_bits((k + np.int32(127)) << np.int32(23))
 
 
 @jit
 def _exp64_core(x):
-    k = rint(x * _F64_LOG2E)
-    r = reduce_by_ln2(x, k, _F64_LN2_HI, _F64_LN2_LO)
-    q = _F64_Q[0]
-    q = q * r + _F64_Q[1]
-    q = q * r + _F64_Q[2]
-    q = q * r + _F64_Q[3]
-    q = q * r + _F64_Q[4]
-    q = q * r + _F64_Q[5]
-    q = q * r + _F64_Q[6]
-    q = q * r + _F64_Q[7]
-    q = q * r + _F64_Q[8]
-    q = q * r + _F64_Q[9]
-    q = q * r + _F64_Q[10]
-    p = 1.0 + r + r * r * q
-    return p * float64_from_bits((np.int64(k) + np.int64(1023)) << np.int64(52))
+    p, k = _exp64_parts(x)
+    return p * float64_from_bits((k + np.int64(1023)) << np.int64(52))
 
 
 def exp_sum(x):
@@ -403,6 +420,67 @@ def _exp_out(x):
     return None
 
 
+# Gradual underflow: 2^k applied as 2^(k>>1) * 2^(k - (k>>1)), both factors normal, so results
+# down to the smallest subnormal are right (sigmoid and logsigmoid return subnormals as torch).
+_F32_LO_FINE = np.float32(-103.972)  # exp below this is under half the smallest subnormal
+_F64_LO_FINE = np.float64(-745.1)
+
+
+@jit
+def _exp32_fine(x):
+    p, k = _exp32_parts(x)
+    half = k >> np.int32(1)
+    low = float32_from_bits((half + np.int32(127)) << np.int32(23))
+    high = float32_from_bits((k - half + np.int32(127)) << np.int32(23))
+    return (p * low) * high
+
+
+@jit
+def _exp64_fine(x):
+    p, k = _exp64_parts(x)
+    half = k >> np.int64(1)
+    low = float64_from_bits((half + np.int64(1023)) << np.int64(52))
+    high = float64_from_bits((k - half + np.int64(1023)) << np.int64(52))
+    return (p * low) * high
+
+
+def exp_fine(x):
+    """exp(x) for x <= 0 with gradual underflow to subnormals; -inf gives 0, NaN stays NaN."""
+
+
+@overload(exp_fine, **_INLINE)
+def _exp_fine(x):
+    if x == types.float32:
+
+        def impl(x):
+            y = _exp32_fine(_F32_LO_FINE if x < _F32_LO_FINE else x)
+            return _F32_ZERO if x < _F32_LO_FINE else y
+
+        return impl
+    if x == types.float64:
+
+        def impl(x):
+            y = _exp64_fine(_F64_LO_FINE if x < _F64_LO_FINE else x)
+            return 0.0 if x < _F64_LO_FINE else y
+
+        return impl
+    return None
+
+
+def exp_overflows(x):
+    """True where exp(-x) overflows the type of x: torch's sigmoid is exactly 0 there."""
+
+
+@overload(exp_overflows, **_INLINE)
+def _exp_overflows(x):
+    if x == types.float32:
+        limit32 = np.float32(-88.72284)  # -log(FLT_MAX)
+        return lambda x: x < limit32
+    if x == types.float64:
+        return lambda x: x < -709.782712893384  # -log(DBL_MAX)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # log
 
@@ -434,7 +512,7 @@ def _log_pos(s):
             t2 = t * t
             q = _F32_ATANH[0]
             for c in _F32_ATANH[1:]:
-                q = q * t2 + c
+                q = fma(q, t2, c)
             return np.float32(e) * _F32_LN2 + _F32_TWO * t * (_F32_ONE + t2 * q)
 
         return impl
@@ -448,7 +526,7 @@ def _log_pos(s):
             t2 = t * t
             q = _F64_ATANH[0]
             for c in _F64_ATANH[1:]:
-                q = q * t2 + c
+                q = fma(q, t2, c)
             return np.float64(e) * _F64_LN2 + 2.0 * t * (1.0 + t2 * q)
 
         return impl
@@ -470,7 +548,7 @@ def _log1p_unit(e):
             t2 = t * t
             q = coeffs[0]
             for c in coeffs[1:]:
-                q = q * t2 + c
+                q = fma(q, t2, c)
             return _F32_TWO * t * (_F32_ONE + t2 * q)
 
         return impl
@@ -482,7 +560,7 @@ def _log1p_unit(e):
             t2 = t * t
             q = coeffs[0]
             for c in coeffs[1:]:
-                q = q * t2 + c
+                q = fma(q, t2, c)
             return 2.0 * t * (1.0 + t2 * q)
 
         return impl

@@ -23,7 +23,6 @@ from ._arrays import (
     tile_for,
     writable_target,
 )
-from ._threads import thread_count
 
 __all__ = [
     "logsumexp",
@@ -52,7 +51,9 @@ def _run_lse(x3: np.ndarray, out2: np.ndarray) -> None:
     if inner == 1:
         rows = xs.reshape(outer, channels)
         flat_out = os_.reshape(outer)
-        if outer < 2 * thread_count() and channels >= 2 * K.SPLIT_CHUNK:
+        # The choice depends on the shape only, never on the thread count, so results are
+        # bitwise the same with any number of threads.
+        if outer < K.SPLIT_MAX_ROWS and channels >= 2 * K.SPLIT_CHUNK:
             K.lse_rows_split.run_parallel(rows, flat_out, K.SPLIT_CHUNK)
         else:
             K.lse_rows(rows.size, outer, rows, flat_out)
@@ -259,10 +260,14 @@ def _implicit_dim(ndim: int, name: str, stacklevel: int) -> int:
 
 
 def _prepare(input, dim, dtype, name: str, stacklevel: int):
-    """-> (x cast to dtype, normalized dim, the input's own dtype)."""
+    """-> (x cast to dtype, normalized dim, the input's own dtype).
+
+    ``stacklevel`` is torch's ``_stacklevel`` plus one for every fastloss frame between the
+    public function and this one (torch's 3 names the caller of F.softmax).
+    """
     x = as_array(input, "input")
     if dim is None:
-        dim = _implicit_dim(x.ndim, name, stacklevel + 1)
+        dim = _implicit_dim(x.ndim, name, stacklevel)
     elif isinstance(dim, (tuple, list)):
         raise TypeError(
             f"{name}(): argument 'dim' (position 1) must be int, not {type(dim).__name__}; "
