@@ -62,6 +62,18 @@ def _row_state(x, r, start, stop):
     # wraparound select, and LLVM then emits gathers instead of contiguous vector loads.
     row = x[r]
     neg_inf = const(x, -np.inf)
+    if stop - start <= BLOCK:
+        # One block: a plain max pass and sum pass, without the online bookkeeping that costs
+        # more than the work on short rows. Rows with no finite maximum take the general path.
+        block = row[start:stop]
+        m = neg_inf
+        for j in range(block.shape[0]):
+            m = fmax(m, load(block[j]))
+        if m > neg_inf:
+            acc = const(x, 0.0)
+            for j in range(block.shape[0]):
+                acc = radd(acc, exp_sum(load(block[j]) - m))
+            return m, np.float64(acc)
     m = neg_inf
     s = 0.0
     for b0 in range(start, stop, BLOCK):
