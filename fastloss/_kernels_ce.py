@@ -42,6 +42,7 @@ from ._kernels_softmax import (
     _fill_row_nan,
     _is_regular,
     _row_state,
+    _tile_bounds,
     _tile_log_sums,
     _tile_state,
 )
@@ -281,13 +282,6 @@ def cross_entropy_prob_rows(x, y, weight, eps, upstream, upstream_step, want_gra
 
 # ---------------------------------------------------------------------------------------------
 # Spatial (strided) layout
-
-
-@jit
-def _tile_bounds(w, ntiles, tile, inner):
-    o = w // ntiles
-    p0 = (w % ntiles) * tile
-    return o, p0, min(tile, inner - p0)
 
 
 @kernel

@@ -27,6 +27,7 @@ from numba import prange
 
 from ._config import jit, kernel
 from ._math import (
+    add_exact,
     const,
     exp_fine,
     exp_out,
@@ -41,7 +42,6 @@ from ._math import (
     radd,
     store,
     sub_exact,
-    add_exact,
     wide_vectors,
 )
 
@@ -300,6 +300,14 @@ def lse_backward_rows(g, x, out):
 
 
 @jit
+def _tile_bounds(w, ntiles, tile, inner):
+    """Work item w -> (slab o, first position p0, positions n) of its tile."""
+    o = w // ntiles
+    p0 = (w % ntiles) * tile
+    return o, p0, min(tile, inner - p0)
+
+
+@jit
 def _tile_state(x, o, p0, n):
     """Per-position (max, float64 sum) over the C axis for positions p0 .. p0+n of slab o."""
     wide_vectors()
@@ -367,9 +375,7 @@ def lse_strided(x, out, tile):
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
         wide_vectors()
-        o = w // ntiles
-        p0 = (w % ntiles) * tile
-        n = min(tile, inner - p0)
+        o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         m, s = _tile_state(x, o, p0, n)
         ot = out[o, p0 : p0 + n]
         for t in range(n):
@@ -387,9 +393,7 @@ def softmax_strided(x, out, tile, log):
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
         wide_vectors()
-        o = w // ntiles
-        p0 = (w % ntiles) * tile
-        n = min(tile, inner - p0)
+        o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         m, s = _tile_state(x, o, p0, n)
         log_s, any_special = _tile_log_sums(x, m, s)
         for c in range(channels):
@@ -412,9 +416,7 @@ def softmax_backward_strided(g, x, out, tile, log):
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
         wide_vectors()
-        o = w // ntiles
-        p0 = (w % ntiles) * tile
-        n = min(tile, inner - p0)
+        o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         m, s = _tile_state(x, o, p0, n)
         log_s, any_special = _tile_log_sums(x, m, s)
         dot = np.zeros(n, dtype=np.float64)
@@ -452,9 +454,7 @@ def lse_backward_strided(g, x, out, tile):
     ntiles = (inner + tile - 1) // tile
     for w in prange(outer * ntiles):
         wide_vectors()
-        o = w // ntiles
-        p0 = (w % ntiles) * tile
-        n = min(tile, inner - p0)
+        o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         m, s = _tile_state(x, o, p0, n)
         log_s, any_special = _tile_log_sums(x, m, s)
         for t in range(n):

@@ -63,7 +63,8 @@ def fmax(typingctx, a, b):
     def codegen(context, builder, signature, args):
         ty = args[0].type
         fnty = ir.FunctionType(ty, [ty, ty])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.maxnum.{ty.intrinsic_name}")
+        name = f"llvm.maxnum.{ty.intrinsic_name}"
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
         return builder.call(fn, args, fastmath=("nnan", "nsz"))
 
     return a(a, b), codegen

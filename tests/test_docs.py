@@ -34,7 +34,10 @@ def test_docstring_has_math_and_example_that_runs(name):
     assert runner.failures == 0, f"the example in {name}'s docstring does not print what it shows"
 
 
-@pytest.mark.parametrize("path", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+DOC_FILES = ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("path", DOC_FILES)
 def test_markdown_examples_run(path):
     file = ROOT / path if path == "README.md" else ROOT / "docs" / path
     result = doctest.testfile(str(file), module_relative=False, optionflags=FLAGS)

@@ -51,7 +51,7 @@ def _mixed_calls(rng):
 
 def _same(a, b) -> bool:
     if isinstance(a, tuple):
-        return all(_same(u, v) for u, v in zip(a, b))
+        return all(_same(u, v) for u, v in zip(a, b, strict=True))
     return np.array_equal(a, b, equal_nan=True)
 
 
