@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numba
 
+from ._threads import parallel_slot
+
 # Function-wide fastmath is "nsz" alone: never "nnan"/"ninf" (-inf-masked logits, all -inf
 # rows and NaN propagation are core behaviour), and not "reassoc", "contract" or "arcp" either:
 # each lets LLVM rearrange arithmetic differently in the serial and the parallel twin, or in a
@@ -108,8 +110,6 @@ class Kernel:
         return self.run_parallel(*args)
 
     def run_parallel(self, *args):
-        from ._threads import parallel_slot
-
         with parallel_slot() as granted:
             return (self.parallel if granted else self.serial)(*args)
 

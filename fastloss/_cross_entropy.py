@@ -38,16 +38,21 @@ class _Problem:
     __slots__ = (
         "x3", "target", "probabilities", "weight", "weight_sum", "ignore_index", "eps",
         "reduction", "loss_shape", "dtype", "grad_dtype", "input_shape", "denominator_cache",
-        "index_weight_sum",
+        "weight64",
     )
 
     def denominator(self) -> float:
         """What 'mean' divides by: sum of w[t] over non-ignored targets, or the row count."""
         if self.denominator_cache is None:
             if self.probabilities:
-                self.denominator_cache = float(self.target.size // max(self.x3.shape[1], 1))
+                total = float(self.target.size // max(self.x3.shape[1], 1))
             else:
-                self.denominator_cache = self.index_weight_sum()
+                valid = self.target != self.ignore_index
+                if self.weight64 is None:
+                    total = float(np.count_nonzero(valid))
+                else:
+                    total = float(np.sum(self.weight64[self.target[valid]]))
+            self.denominator_cache = total
         return self.denominator_cache
 
     @property
@@ -210,7 +215,7 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
     problem.input_shape = x.shape
     problem.loss_shape = loss_shape
     classes = x.shape[1] if x.ndim > 1 else x.shape[0]
-    problem.weight, problem.weight_sum, weight64 = _class_weight(
+    problem.weight, problem.weight_sum, problem.weight64 = _class_weight(
         weight, classes, dtype, spatial=x.ndim > 2
     )
     # Canonical views: (N, C, prod(d)) with the class axis in the middle, unbatched as N = 1.
@@ -222,14 +227,6 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
     else:
         t64 = _index_target(t, classes, ii)
         problem.target = t64.reshape(outer, inner)
-
-        def index_weight_sum():
-            valid = problem.target != ii
-            if weight64 is None:
-                return float(np.count_nonzero(valid))
-            return float(np.sum(weight64[problem.target[valid]]))
-
-        problem.index_weight_sum = index_weight_sum
     return problem
 
 

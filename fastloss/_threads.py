@@ -37,11 +37,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def thread_count() -> int:
-    """Threads a parallel kernel launched from this Python thread would use."""
-    return numba.get_num_threads()
-
-
 def threading_layer() -> str:
     """Numba's threading layer, starting Numba's thread pool if nothing has yet.
 
