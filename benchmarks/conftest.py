@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastloss._threads import threading_layer
+from fastloss._threads import get_num_threads, threading_layer
 
 
 def cpu_model() -> str:
@@ -43,7 +43,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastloss"] = {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
-        "numba_threads": numba.get_num_threads(),
+        "numba_threads": get_num_threads(),  # fastloss's count (FASTLOSS_NUM_THREADS)
         "threading_layer": threading_layer(),
         "versions": {
             "python": platform.python_version(),
@@ -72,7 +72,7 @@ def torch_module():
         if os.environ.get("FASTLOSS_REQUIRE_TORCH") == "1":
             pytest.fail("FASTLOSS_REQUIRE_TORCH=1 but torch is not importable")
         pytest.skip("torch is not installed")
-    torch.set_num_threads(numba.get_num_threads())
+    torch.set_num_threads(get_num_threads())
     return torch
 
 

@@ -12,6 +12,25 @@ from ._cross_entropy import (
     nll_loss_backward,
     nll_loss_with_grad,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from ._losses import (
+    TargetOutOfRangeError,
+    binary_cross_entropy,
+    binary_cross_entropy_backward,
+    binary_cross_entropy_with_grad,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_backward,
+    binary_cross_entropy_with_logits_with_grad,
+    kl_div,
+    kl_div_backward,
+    kl_div_with_grad,
+    mse_loss,
+    mse_loss_backward,
+    mse_loss_with_grad,
+    multi_margin_loss,
+    multi_margin_loss_backward,
+    multi_margin_loss_with_grad,
+)
 from ._softmax import (
     log_softmax,
     log_softmax_backward,
@@ -24,12 +43,23 @@ from ._softmax import (
     softmax,
     softmax_backward,
 )
+from ._state import (
+    LogSumExpState,
+    logsumexp_from_state,
+    logsumexp_state,
+    merge_logsumexp_states,
+)
+from ._threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
     "logsumexp",
     "logsumexp_backward",
+    "logsumexp_state",
+    "merge_logsumexp_states",
+    "logsumexp_from_state",
+    "LogSumExpState",
     "softmax",
     "softmax_backward",
     "log_softmax",
@@ -44,4 +74,25 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_backward",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
+    "kl_div",
+    "kl_div_backward",
+    "kl_div_with_grad",
+    "binary_cross_entropy",
+    "binary_cross_entropy_backward",
+    "binary_cross_entropy_with_grad",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_backward",
+    "binary_cross_entropy_with_logits_with_grad",
+    "mse_loss",
+    "mse_loss_backward",
+    "mse_loss_with_grad",
+    "multi_margin_loss",
+    "multi_margin_loss_backward",
+    "multi_margin_loss_with_grad",
+    "TargetOutOfRangeError",
+    "set_num_threads",
+    "get_num_threads",
+    "num_threads",
 ]

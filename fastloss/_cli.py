@@ -6,9 +6,11 @@
     python -m fastloss bench --functions logsumexp,log_softmax --shapes 4096x32000 \\
         --dtypes float32 --repeat 5 --json results.json
     python -m fastloss warmup       compile (or load from the cache) every kernel
+    python -m fastloss coldstart    import and first-call times, in fresh processes
 
-Exit codes: 0 ok, 1 a selfcheck failure, 2 a usage error. The cases come from
-``fastloss._registry.CASES``, the same registry the tests and benchmarks use.
+Exit codes: 0 ok, 1 a selfcheck failure (or a coldstart child process that failed), 2 a
+usage error. The cases come from ``fastloss._registry.CASES``, the same registry the tests
+and benchmarks use.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 import warnings
 
@@ -32,7 +37,8 @@ import numpy as np
 from . import __version__
 from ._config import CACHE, PARALLEL_MIN_ELEMENTS
 from ._registry import CASES, Case, with_bench_kwargs
-from ._threads import threading_layer
+from ._threads import ENV_VAR as THREADS_ENV_VAR
+from ._threads import get_num_threads, threading_layer
 
 EXIT_OK, EXIT_SELFCHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -138,7 +144,8 @@ def environment() -> dict:
             "ml_dtypes": _optional_version("ml_dtypes"),
         },
         "threading_layer": layer,
-        "threads": numba.get_num_threads(),
+        "threads": get_num_threads(),
+        "max_threads": numba.config.NUMBA_NUM_THREADS,
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
         "simd": simd_level(flags),
@@ -153,9 +160,11 @@ def info() -> dict:
     missing = [k for k, v in env["versions"].items() if v is None]
     print(f"fastloss {__version__} ({os.path.dirname(os.path.abspath(__file__))})")
     print(f"  versions   {versions.replace(' None', ' not installed')}")
+    source = f"{THREADS_ENV_VAR}" if os.environ.get(THREADS_ENV_VAR) else "Numba's count"
     print(
-        f"  threads    {env['threads']} (Numba {env['threading_layer']} layer, "
-        f"{env['cpu_count']} CPUs; parallel twin from {PARALLEL_MIN_ELEMENTS} elements)"
+        f"  threads    {env['threads']} of {env['max_threads']} ({source}; Numba "
+        f"{env['threading_layer']} layer, {env['cpu_count']} CPUs; parallel twin from "
+        f"{PARALLEL_MIN_ELEMENTS} elements)"
     )
     print(f"  cpu        {env['cpu_model']}; SIMD {env['simd']}; LLVM target {env['llvm_cpu']}")
     print(f"  cache      {env['cache']}")
@@ -239,7 +248,8 @@ def _variant_inputs(case: Case, shape, bench_kwargs, dtype, rng):
         kwargs.update(extra(shape, np.dtype(dtype), rng))
         label = f"{'x'.join(map(str, shape))} {variant}"
         yield label, args, kwargs
-        special = (with_special_values(args[0], kwargs), *args[1:])
+        make_special = case.special_values or with_special_values
+        special = (make_special(args[0], kwargs), *args[1:])
         yield label + " special", special, kwargs
 
 
@@ -368,7 +378,7 @@ def _torch():
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(numba.get_num_threads())  # the same threads as the Numba kernels
+    torch.set_num_threads(get_num_threads())  # the same threads as the Numba kernels
     return torch
 
 
@@ -392,7 +402,10 @@ def _torch_callable(torch, case: Case, args, kwargs, grad_output):
     return lambda: torch.autograd.grad(function(x, *rest, **options), x, g)[0]
 
 
-def _bench_one(case, shape, dim, dtype, repeat, backward, torch) -> dict:
+def _bench_one(case, shape, dim, dtype, repeat, backward, torch, fused=False) -> dict:
+    """One timed row. ``backward`` times ``<name>_backward`` against the reference's backward
+    and torch's forward + autograd backward; ``fused`` times ``<loss>_with_grad`` (loss and
+    gradient) against the reference's forward + backward and the same torch call."""
     rng = np.random.default_rng(0)
     args, kwargs = case.make_args(shape, np.dtype(dtype), rng)
     shape_text = "x".join(map(str, shape))
@@ -401,7 +414,17 @@ def _bench_one(case, shape, dim, dtype, repeat, backward, torch) -> dict:
         shape_text += f":{dim}"
     result = np.asarray(case.fastloss(*args, **kwargs))  # also compiles the forward
     grad_output = None
-    if backward:
+    if fused:
+        grad_output = np.ones(result.shape, result.dtype)
+        fast = lambda: case.fastloss_with_grad(*args, **kwargs)  # noqa: E731
+
+        def baseline():
+            return (case.reference(*args, **kwargs),
+                    case.reference_backward(grad_output, *args, **kwargs))
+
+        grad_bytes = grad_output.nbytes + args[0].nbytes
+        nbytes = grad_bytes + sum(a.nbytes for a in args if isinstance(a, np.ndarray))
+    elif backward:
         grad_output = rng.standard_normal(result.shape).astype(result.dtype)
         fast = lambda: case.fastloss_backward(grad_output, *args, **kwargs)  # noqa: E731
         baseline = lambda: case.reference_backward(grad_output, *args, **kwargs)  # noqa: E731
@@ -417,7 +440,7 @@ def _bench_one(case, shape, dim, dtype, repeat, backward, torch) -> dict:
     if torch_call is not None:
         seconds["torch"] = _best_time(torch_call, repeat, warm_up=True)
     return {
-        "function": case.name + ("_backward" if backward else ""),
+        "function": case.name + ("_with_grad" if fused else "_backward" if backward else ""),
         "shape": list(shape),
         "shape_text": shape_text,
         "kwargs": {k: v for k, v in kwargs.items() if not isinstance(v, np.ndarray)},
@@ -476,11 +499,12 @@ def _columns(cells) -> str:
     )
 
 
-def bench(functions, shapes, dtypes, repeat=3, json_path=None, backward=False) -> list[dict]:
+def bench(functions, shapes, dtypes, repeat=3, json_path=None, backward=False,
+          fused=False) -> list[dict]:
     """Time fastloss, the NumPy baseline and torch; print a table; optionally write JSON."""
     torch = _torch()
     print(
-        f"bench: best of {repeat}, {numba.get_num_threads()} threads; ratios are time(other) / "
+        f"bench: best of {repeat}, {get_num_threads()} threads; ratios are time(other) / "
         "time(fastloss): higher = fastloss faster" + ("" if torch else "; torch not installed")
     )
     header = _columns([name for name, _ in BENCH_COLUMNS])
@@ -489,7 +513,10 @@ def bench(functions, shapes, dtypes, repeat=3, json_path=None, backward=False) -
     for name in functions:
         for shape, dim in shapes:
             for dtype in dtypes:
-                for direction in ("forward", "backward") if backward else ("forward",):
+                directions = ["forward"] + ["backward"] * backward
+                if fused and CASES[name].has_loss_grad:
+                    directions.append("fused")
+                for direction in directions:
                     shape_text = "x".join(map(str, shape))
                     print(
                         f"  ... {name} {direction} {shape_text} {dtype}",
@@ -497,7 +524,8 @@ def bench(functions, shapes, dtypes, repeat=3, json_path=None, backward=False) -
                         flush=True,
                     )
                     row = _bench_one(
-                        CASES[name], shape, dim, dtype, repeat, direction == "backward", torch
+                        CASES[name], shape, dim, dtype, repeat, direction == "backward", torch,
+                        fused=direction == "fused",
                     )
                     rows.append(row)
                     print(_bench_row(row), flush=True)
@@ -519,10 +547,11 @@ def bench(functions, shapes, dtypes, repeat=3, json_path=None, backward=False) -
 # warmup
 
 
-def warmup(dtypes=("float32", "float64", "float16")) -> None:
+def warmup(dtypes=("float32", "float64", "float16"), cases: list[str] | None = None) -> None:
     """Compile (or load from the cache) the serial and parallel kernels of every case."""
     print("warmup: every case, forward and backward, on small and large stand-in shapes")
-    for name, case in CASES.items():
+    for name in cases or list(CASES):
+        case = CASES[name]
         for dtype in dtypes:
             print(f"compiling {name} {dtype}...", end="", flush=True)
             start = time.perf_counter()
@@ -542,6 +571,144 @@ def warmup(dtypes=("float32", "float64", "float16")) -> None:
                 continue
             print(f" {time.perf_counter() - start:.1f} s", flush=True)
     print("warmup: done; " + cache_status())
+
+
+# ---------------------------------------------------------------------------------------------
+# coldstart
+
+# What a service pays before its first loss value, in seconds beyond `import numba`.
+COLDSTART_TARGETS = {"import_fastloss": 0.15, "warm_first_call": 0.5}
+
+# Run in a fresh interpreter: times from the start, printed as one JSON line. Inputs are made
+# between `import numba` (which imports NumPy) and `import fastloss`, outside every interval.
+_FIRST_CALL = """
+import json, sys, time
+start = time.perf_counter()
+import numba
+numba_done = time.perf_counter()
+import numpy as np
+rng = np.random.default_rng(0)
+x = rng.standard_normal({shape}).astype(np.float32)
+target = rng.integers(0, {shape}[1], {shape}[0])
+inputs_done = time.perf_counter()
+import fastloss
+import_done = time.perf_counter()
+fastloss.cross_entropy(x, target)
+call_done = time.perf_counter()
+print(json.dumps({{
+    "import_numba": numba_done - start,
+    "import_fastloss": import_done - inputs_done,
+    "first_call": call_done - inputs_done,
+    "scipy_imported": "scipy" in sys.modules,
+    "dont_write_bytecode": sys.flags.dont_write_bytecode,
+}}))
+"""
+
+# Numba's own setup on its first compile or cache load in a process, which every cached
+# function pays once: its target context loads all of Numba's implementations, and its BLAS
+# probe imports scipy.linalg when SciPy is installed.
+_NUMBA_SETUP = """
+import json, time
+import numba
+start = time.perf_counter()
+try:
+    from numba.core.registry import cpu_target  # Numba internals: may move between versions
+    cpu_target.target_context.refresh()
+    seconds = time.perf_counter() - start
+except Exception:
+    seconds = None
+print(json.dumps({"numba_setup": seconds}))
+"""
+
+
+def _child(code: str, env: dict, timeout: float = 900) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"coldstart child process failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def coldstart(shape=(256, 1000), repeat=3, json_path=None) -> dict:
+    """Import and first-call times of fastloss, each in a fresh process; print and return them.
+
+    The cold run compiles ``cross_entropy`` into an empty temporary ``NUMBA_CACHE_DIR``; the
+    warm runs load it from there. Warm figures are the best of ``repeat`` processes.
+    """
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shape_text = "x".join(map(str, shape))
+    print(
+        f"coldstart: cross_entropy on {shape_text} float32, each run a fresh process; "
+        "times beyond `import numba`",
+        flush=True,
+    )
+    runs: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="fastloss-coldstart-") as cache_dir:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, FASTLOSS_CACHE="1")
+        # The children import this very fastloss, wherever the parent found it.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        code = _FIRST_CALL.format(shape=tuple(shape))
+        steps = [
+            ("cold", code, 1, "empty cache: compiling, can take a minute"),
+            ("warm", code, repeat, "cache from the cold run"),
+            ("numba_setup", _NUMBA_SETUP, repeat, "Numba alone"),
+        ]
+        for name, step_code, count, what in steps:
+            for k in range(count):
+                print(f"  ... {name} run {k + 1}/{count} ({what})", file=sys.stderr, flush=True)
+                runs.setdefault(name, []).append(_child(step_code, env))
+
+    def best(name, key):
+        values = [run[key] for run in runs[name] if run[key] is not None]
+        return min(values) if values else None
+
+    seconds = {
+        "import_numba": best("warm", "import_numba"),
+        "import_fastloss": best("warm", "import_fastloss"),
+        "cold_first_call": runs["cold"][0]["first_call"],
+        "warm_first_call": best("warm", "first_call"),
+        "numba_setup": best("numba_setup", "numba_setup"),
+    }
+    scipy = "yes: Numba's BLAS probe imported it" if runs["warm"][0]["scipy_imported"] else "no"
+
+    def line(label, key, note=""):
+        if seconds[key] is None:
+            print(f"  {label:<40}     n/a   (not measurable with this Numba)", flush=True)
+            return
+        if key in COLDSTART_TARGETS:
+            target = COLDSTART_TARGETS[key]
+            verdict = "ok" if seconds[key] <= target else "OVER"
+            note = f"target <= {target:.2f} s: {verdict}"
+        print(f"  {label:<40} {seconds[key]:7.3f} s   {note}".rstrip(), flush=True)
+
+    line("import numba", "import_numba", "(from the interpreter's start)")
+    line("import fastloss", "import_fastloss")
+    line("first call, cold cache (compiles)", "cold_first_call", "(import included)")
+    line("first call, warm cache", "warm_first_call", "(import included)")
+    line("  of which Numba's one-time setup", "numba_setup", f"(scipy installed: {scipy})")
+    if runs["warm"][0]["dont_write_bytecode"]:
+        print("  note: PYTHONDONTWRITEBYTECODE is set, so every import compiles the sources")
+    document = {
+        "fastloss_version": __version__,
+        "function": "cross_entropy",
+        "shape": list(shape),
+        "dtype": "float32",
+        "repeat": repeat,
+        "seconds": seconds,
+        "targets": COLDSTART_TARGETS,
+        "runs": runs,
+    }
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=2)
+        print(f"coldstart: wrote {json_path}")
+    return document
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +737,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m fastloss",
         description="fastloss diagnostics. Without a command: info, selfcheck, a short bench.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{info,selfcheck,bench,warmup}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{info,selfcheck,bench,warmup,coldstart}"
+    )
     commands.add_parser("info", help="versions, threading layer, CPU/SIMD, kernel cache")
     check = commands.add_parser("selfcheck", help="every case against the NumPy reference")
     check.add_argument("--functions", help="comma-separated case names (default: all)")
@@ -588,8 +757,21 @@ def _parser() -> argparse.ArgumentParser:
     timing.add_argument("--dtypes", default="float32", help=f"from {', '.join(BENCH_DTYPES)}")
     timing.add_argument("--repeat", type=int, default=3, help="timed calls; the best is kept")
     timing.add_argument("--backward", action="store_true", help="also time the backward")
+    timing.add_argument(
+        "--fused", action="store_true",
+        help="also time <loss>_with_grad against forward + backward (NumPy, torch autograd)",
+    )
     timing.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    commands.add_parser("warmup", help="compile every kernel for float32/float64/float16")
+    warm = commands.add_parser("warmup", help="compile every kernel for float32/float64/float16")
+    warm.add_argument("--functions", help="comma-separated case names (default: all)")
+    cold = commands.add_parser(
+        "coldstart", help="import and first-call times in fresh processes, cold and warm cache"
+    )
+    cold.add_argument(
+        "--shape", default="256x1000", help="cross_entropy input (default: %(default)s)"
+    )
+    cold.add_argument("--repeat", type=int, default=3, help="warm processes; the best is kept")
+    cold.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser
 
 
@@ -616,7 +798,16 @@ def _bench_options(parser, options) -> dict:
         repeat=options.repeat,
         json_path=options.json,
         backward=options.backward,
+        fused=options.fused,
     )
+
+
+def _cases(parser, options) -> list[str] | None:
+    cases = _csv(options.functions) if options.functions else None
+    unknown = [c for c in cases or [] if c not in CASES]
+    if unknown:
+        parser.error(f"unknown function(s) {unknown}; choose from {', '.join(CASES)}")
+    return cases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -625,15 +816,23 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "info":
         info()
     elif options.command == "selfcheck":
-        cases = _csv(options.functions) if options.functions else None
-        unknown = [c for c in cases or [] if c not in CASES]
-        if unknown:
-            parser.error(f"unknown function(s) {unknown}; choose from {', '.join(CASES)}")
-        return EXIT_OK if selfcheck(cases) else EXIT_SELFCHECK_FAILED
+        return EXIT_OK if selfcheck(_cases(parser, options)) else EXIT_SELFCHECK_FAILED
     elif options.command == "bench":
         bench(**_bench_options(parser, options))
     elif options.command == "warmup":
-        warmup()
+        warmup(cases=_cases(parser, options))
+    elif options.command == "coldstart":
+        try:
+            shape, _ = parse_shape(options.shape)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if len(shape) != 2 or options.repeat < 1:
+            parser.error("coldstart needs --shape ROWSxCLASSES (2 dims) and --repeat >= 1")
+        try:
+            coldstart(shape, options.repeat, options.json)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_SELFCHECK_FAILED
     else:  # the default run
         info()
         print()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numba
 
-from ._threads import parallel_slot
+from ._threads import parallel_slot, requested_threads, scoped_numba_threads
 
 # Function-wide fastmath is "nsz" alone: never "nnan"/"ninf" (-inf-masked logits, all -inf
 # rows and NaN propagation are core behaviour), and not "reassoc", "contract" or "arcp" either:
@@ -74,7 +74,11 @@ def _build_tag() -> str:
     (an upgrade, an edited file) compile afresh instead of loading stale machine code.
     """
     digest = hashlib.sha1(repr((sorted(FASTMATH), VECTOR_WIDTH)).encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).parent
+    # What compiled code is made of: these options, the math helpers and the kernels. (The
+    # Python layer, the CLI and the reference can change without recompiling anything.)
+    for source in [package / "_config.py", package / "_math.py",
+                   *sorted(package.glob("_kernels_*.py"))]:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:10]
 
@@ -85,8 +89,15 @@ _OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, error_model="numpy", nogil=
 
 
 def jit(func):
-    """A serial helper (inlined into the kernels by LLVM)."""
+    """A serial helper (inlined into the kernels by LLVM when it judges the call cheap)."""
     return numba.njit(**_OPTIONS)(_renamed(func, "jit"))
+
+
+def inline(func):
+    """A helper inlined into its callers by Numba itself, whatever its size: an elementwise
+    formula too large for LLVM's inliner would otherwise stay a call in the loop, and the
+    loop would not vectorize."""
+    return numba.njit(inline="always", **_OPTIONS)(_renamed(func, "inline"))
 
 
 class Kernel:
@@ -95,7 +106,9 @@ class Kernel:
     Calling it as ``kernel(work_elements, work_items, *args)`` runs the serial twin for small
     work, and otherwise the parallel twin when ``_threads.parallel_slot`` grants one (it
     refuses in a forked child of an OpenMP process, and while another thread holds the
-    workqueue layer, which aborts the process on concurrent use).
+    workqueue layer, which aborts the process on concurrent use). The parallel twin runs on
+    fastloss's thread count (``fastloss.num_threads``), applied to Numba's per-thread
+    setting for that launch only.
     """
 
     def __init__(self, func):
@@ -110,8 +123,16 @@ class Kernel:
         return self.run_parallel(*args)
 
     def run_parallel(self, *args):
+        threads = requested_threads()
+        if threads == 1:
+            return self.serial(*args)  # the same bits, without a thread launch
         with parallel_slot() as granted:
-            return (self.parallel if granted else self.serial)(*args)
+            if not granted:
+                return self.serial(*args)
+            if threads is None:  # no fastloss setting: Numba's count for this thread
+                return self.parallel(*args)
+            with scoped_numba_threads(threads):
+                return self.parallel(*args)
 
 
 def _renamed(func, variant: str):

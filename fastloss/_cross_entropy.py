@@ -38,7 +38,7 @@ class _Problem:
     __slots__ = (
         "x3", "target", "probabilities", "weight", "weight_sum", "ignore_index", "eps",
         "reduction", "loss_shape", "dtype", "grad_dtype", "input_shape", "denominator_cache",
-        "weight64",
+        "weight64", "extras",
     )
 
     def denominator(self) -> float:
@@ -230,6 +230,41 @@ def _prepare(func, input, target, weight, ignore_index, reduction, label_smoothi
     return problem
 
 
+class _Extras:
+    """cross_entropy's options beyond torch: z-loss, softcapping, returned lse and accuracy."""
+
+    __slots__ = ("z_scale", "softcap", "want_lse", "want_correct")
+
+    def __init__(self, z_scale=0.0, softcap=None, want_lse=False, want_correct=False):
+        self.z_scale, self.softcap = z_scale, softcap
+        self.want_lse, self.want_correct = want_lse, want_correct
+
+    @property
+    def returns(self) -> bool:
+        return self.want_lse or self.want_correct
+
+
+_NO_EXTRAS = _Extras()
+
+
+def _check_extras(lse_square_scale, softcap, return_lse, return_accuracy) -> _Extras:
+    z_scale = float(lse_square_scale)
+    if not math.isfinite(z_scale):
+        raise ValueError(
+            f"lse_square_scale must be a finite number, got {lse_square_scale!r} (the z-loss "
+            "weight, typically 1e-4)"
+        )
+    if softcap is not None:
+        cap = float(softcap)
+        if not (math.isfinite(cap) and cap > 0.0):
+            raise ValueError(
+                f"softcap must be a positive finite number or None, got {softcap!r} (Gemma 2 "
+                "uses softcap=30.0)"
+            )
+        softcap = cap
+    return _Extras(z_scale, softcap, bool(return_lse), bool(return_accuracy))
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernel runs
 
@@ -262,18 +297,30 @@ def _upstream(problem: _Problem, grad_output, func: str) -> tuple[np.ndarray, in
 
 
 def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool):
-    """-> (per-row loss terms, per-row smoothing terms or None), both float64."""
+    """-> (per-row loss, smoothing (or None), z-loss, lse, correctness) terms, float64.
+
+    The last three are empty unless ``problem.extras`` asks for them.
+    """
     x3 = problem.x3
     outer, classes, inner = x3.shape
     row_loss = np.empty(outer * inner, dtype=np.float64)
     index_smoothing = cross and not problem.probabilities and problem.eps > 0.0
     row_smooth = np.empty(outer * inner if index_smoothing else 0, dtype=np.float64)
-    terms = (row_loss, row_smooth if index_smoothing else None)
+    extras = problem.extras
+    rows = outer * inner
+    row_z = np.empty(rows if extras.z_scale != 0.0 else 0, dtype=np.float64)
+    row_lse = np.empty(rows if extras.want_lse else 0, dtype=np.float64)
+    row_correct = np.empty(rows if extras.want_correct else 0, dtype=np.float64)
+    terms = (row_loss, row_smooth if index_smoothing else None, row_z, row_lse, row_correct)
     if row_loss.size == 0:
         return terms
     if classes == 0:  # only probability targets get here: -sum over no classes
         row_loss[:] = -0.0
+        row_z[:] = np.inf  # lse = -inf
+        row_lse[:] = -np.inf
+        row_correct[:] = 0.0
         return terms
+    more = (extras.softcap, extras.z_scale, row_z, row_lse, row_correct)
     xs = storage(x3)
     gs = storage(grad3) if want_grad else np.empty((0, 0, 0), xs.dtype)
     work = x3.size
@@ -283,13 +330,13 @@ def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool)
             y2 = storage(problem.target).reshape(outer, classes)
             K.cross_entropy_prob_rows(
                 work, outer, x2, y2, problem.weight, problem.eps, upstream, step, want_grad,
-                row_loss, g2,
+                row_loss, g2, *more,
             )
         elif cross:
             K.cross_entropy_rows(
                 work, outer, x2, problem.target.reshape(outer), problem.weight,
                 problem.weight_sum, problem.ignore_index, problem.eps, upstream, step,
-                want_grad, row_loss, row_smooth, g2,
+                want_grad, row_loss, row_smooth, g2, *more,
             )
         else:
             K.nll_rows(
@@ -302,13 +349,13 @@ def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool)
     if problem.probabilities:
         K.cross_entropy_prob_strided(
             work, items, xs, storage(problem.target), problem.weight, problem.eps, upstream,
-            step, want_grad, row_loss, gs, tile,
+            step, want_grad, row_loss, gs, tile, *more,
         )
     elif cross:
         K.cross_entropy_strided(
             work, items, xs, problem.target, problem.weight, problem.weight_sum,
             problem.ignore_index, problem.eps, upstream, step, want_grad, row_loss, row_smooth,
-            gs, tile,
+            gs, tile, *more,
         )
     else:
         K.nll_strided(
@@ -324,7 +371,7 @@ def _reduce(problem: _Problem, terms) -> np.ndarray:
     With label smoothing the loss is (1 - eps) * nll + (eps / C) * smooth, each term reduced
     on its own as torch does (so a zero 'mean' denominator gives NaN, not inf).
     """
-    row_loss, row_smooth = terms
+    row_loss, row_smooth, row_z = terms[:3]
     classes = problem.x3.shape[1]
     keep, spread = 1.0 - problem.eps, problem.eps / max(classes, 1)
     # inf and NaN losses are legitimate results here (torch computes them silently).
@@ -332,34 +379,56 @@ def _reduce(problem: _Problem, terms) -> np.ndarray:
         if problem.reduction == "none":
             if row_smooth is not None:
                 row_loss = keep * row_loss + spread * row_smooth
+            if row_z.size:
+                row_loss = row_loss + row_z
             return row_loss.astype(problem.dtype).reshape(problem.loss_shape)
         # np.sum is pairwise in a fixed order: identical for any thread count. torch negates
         # a sum for probability targets, so their empty sum is -0.0.
         total = -np.sum(-row_loss) if problem.probabilities else np.sum(row_loss)
         smooth = None if row_smooth is None else np.sum(row_smooth)
+        z_loss = np.sum(row_z) if row_z.size else None
         if problem.reduction == "mean":
             denominator = np.float64(problem.denominator())
             total = total / denominator
             smooth = None if smooth is None else smooth / denominator
+            z_loss = None if z_loss is None else z_loss / denominator
         if smooth is not None:
             total = keep * total + spread * smooth
+        if z_loss is not None:
+            total = total + z_loss
         return np.asarray(total, dtype=problem.dtype)
 
 
+def _extra_outputs(problem: _Problem, terms) -> tuple:
+    """The per-row lse and correctness that ``return_lse`` / ``return_accuracy`` ask for."""
+    row_lse, row_correct = terms[3:]
+    outputs = ()
+    if problem.extras.want_lse:
+        outputs += (row_lse.astype(problem.dtype).reshape(problem.loss_shape),)
+    if problem.extras.want_correct:
+        outputs += (row_correct.astype(problem.dtype).reshape(problem.loss_shape),)
+    return outputs
+
+
 def _forward(func, cross, input, target, weight, size_average, ignore_index, reduce,
-             reduction, label_smoothing):
+             reduction, label_smoothing, extras=_NO_EXTRAS):
     reduction = resolve_reduction(size_average, reduce, reduction, stacklevel=3)
     problem = _prepare(func, input, target, weight, ignore_index, reduction, label_smoothing,
                        cross)
+    problem.extras = extras
     empty_grad = np.empty((0, 0, 0), problem.x3.dtype)
-    return _reduce(problem, _run(problem, False, _ONE, 0, empty_grad, cross))
+    terms = _run(problem, False, _ONE, 0, empty_grad, cross)
+    loss = _reduce(problem, terms)
+    return (loss, *_extra_outputs(problem, terms)) if extras.returns else loss
 
 
 def _value_and_grad(func, cross, want_loss, grad_output, out, input, target, weight,
-                    size_average, ignore_index, reduce, reduction, label_smoothing):
+                    size_average, ignore_index, reduce, reduction, label_smoothing,
+                    extras=_NO_EXTRAS):
     reduction = resolve_reduction(size_average, reduce, reduction, stacklevel=3)
     problem = _prepare(func, input, target, weight, ignore_index, reduction, label_smoothing,
                        cross)
+    problem.extras = extras
     if out is not None:
         check_out(out, problem.input_shape, problem.grad_dtype)
     upstream, step = _upstream(problem, grad_output, func)
@@ -369,7 +438,9 @@ def _value_and_grad(func, cross, want_loss, grad_output, out, input, target, wei
     if grad.dtype != problem.grad_dtype:  # input promoted by a wider probability target
         grad = grad.astype(problem.grad_dtype)
     grad = deliver(grad, out)
-    return (_reduce(problem, terms), grad) if want_loss else grad
+    result = (_reduce(problem, terms), grad) if want_loss else (grad,)
+    result += _extra_outputs(problem, terms)
+    return result if len(result) > 1 else result[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +571,8 @@ def nll_loss_with_grad(input, target, weight=None, size_average=None, ignore_ind
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
-                  reduce=None, reduction="mean", label_smoothing=0.0):
+                  reduce=None, reduction="mean", label_smoothing=0.0, *, lse_square_scale=0.0,
+                  softcap=None, return_lse=False, return_accuracy=False):
     r"""Cross-entropy of logits ``input`` against class indices or class probabilities.
 
     Computed without forming log_softmax: for class-index targets, with
@@ -532,12 +604,30 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     reduction : {'mean', 'sum', 'none'}, default 'mean'
     label_smoothing : float, default 0.0
         In [0, 1]; values below 0 (and NaN) mean 0, as in torch.
+    lse_square_scale : float, default 0.0
+        Keyword only, beyond torch. The z-loss of PaLM: :math:`\lambda
+        \operatorname{lse}_i^2` is added to every counted row's loss (unweighted; 'mean'
+        divides it by the same denominator), with gradient :math:`2 \lambda
+        \operatorname{lse}_i\, p_{ic}`.
+    softcap : float, optional
+        Keyword only, beyond torch. Gemma 2's logit softcapping: the logits become
+        :math:`c \tanh(x / c)` before everything else, and the gradient carries the factor
+        :math:`1 - \tanh^2(x / c)`.
+    return_lse : bool, default False
+        Keyword only: also return each row's :math:`\operatorname{lse}_i` (of the capped
+        logits), in the loss's 'none' shape.
+    return_accuracy : bool, default False
+        Keyword only: also return each row's correctness, 1.0 where the argmax of the
+        logits (torch.argmax: the first maximum, NaN counting as the maximum) is the target
+        (the target's argmax for probability targets), 0.0 where not, NaN for ignored rows;
+        ``np.nanmean`` of it is the token accuracy.
 
     Returns
     -------
     numpy.ndarray
         0-d for 'mean'/'sum'; for 'none', the target's shape (index targets) or the input's
-        shape without the class axis (probability targets).
+        shape without the class axis (probability targets). With ``return_lse`` and/or
+        ``return_accuracy``, a tuple ``(loss, lse, correct)`` of the requested arrays.
 
     Raises
     ------
@@ -564,13 +654,15 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     >>> fl.cross_entropy(logits, np.array([2, 1, 0]))
     array(1.40760596)
     """
+    extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)
     return _forward("cross_entropy", True, input, target, weight, size_average, ignore_index,
-                    reduce, reduction, label_smoothing)
+                    reduce, reduction, label_smoothing, extras)
 
 
 def cross_entropy_backward(grad_output, input, target, weight=None, size_average=None,
                            ignore_index=-100, reduce=None, reduction="mean",
-                           label_smoothing=0.0, *, out=None):
+                           label_smoothing=0.0, *, out=None, lse_square_scale=0.0,
+                           softcap=None, return_lse=False, return_accuracy=False):
     r"""Gradient of :func:`cross_entropy` with respect to the logits.
 
     .. math::
@@ -591,11 +683,14 @@ def cross_entropy_backward(grad_output, input, target, weight=None, size_average
         As for :func:`cross_entropy`.
     out : numpy.ndarray, optional
         Array shaped and typed like ``input`` to write into (may be ``input``).
+    lse_square_scale, softcap, return_lse, return_accuracy
+        :func:`cross_entropy`'s extras (keyword only).
 
     Returns
     -------
     numpy.ndarray
-        Shaped and typed like ``input``.
+        Shaped and typed like ``input``; followed by the per-row lse and correctness when
+        ``return_lse`` / ``return_accuracy`` ask for them.
 
     Examples
     --------
@@ -606,14 +701,16 @@ def cross_entropy_backward(grad_output, input, target, weight=None, size_average
            [ 0.03  , -0.2518,  0.2217],
            [-0.3033,  0.0816,  0.2217]])
     """
+    extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)
     return _value_and_grad("cross_entropy", True, False, grad_output, out, input, target,
                            weight, size_average, ignore_index, reduce, reduction,
-                           label_smoothing)
+                           label_smoothing, extras)
 
 
 def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignore_index=-100,
                             reduce=None, reduction="mean", label_smoothing=0.0,
-                            grad_output=None, out=None):
+                            grad_output=None, out=None, *, lse_square_scale=0.0, softcap=None,
+                            return_lse=False, return_accuracy=False):
     """:func:`cross_entropy` and its gradient, fused: the fast path for training.
 
     One pass over the logits computes each row's max and sum of exponentials (online,
@@ -628,6 +725,8 @@ def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignor
         Upstream gradient; ``None`` means 1 ('mean'/'sum') or ones ('none').
     out : numpy.ndarray, optional
         Where to write the gradient (shaped and typed like ``input``; may be ``input``).
+    lse_square_scale, softcap, return_lse, return_accuracy
+        :func:`cross_entropy`'s extras (keyword only), fused into the same pass.
 
     Returns
     -------
@@ -635,6 +734,8 @@ def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignor
         As :func:`cross_entropy` returns.
     grad : numpy.ndarray
         As :func:`cross_entropy_backward` returns.
+    lse, correct : numpy.ndarray
+        Only when ``return_lse`` / ``return_accuracy`` are set.
 
     Examples
     --------
@@ -643,7 +744,13 @@ def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignor
     >>> loss, grad = fl.cross_entropy_with_grad(logits, np.array([2, 1, 0]))
     >>> round(float(loss), 4), bool(np.allclose(grad.sum(axis=1), 0))
     (1.4076, True)
+    >>> loss, grad, lse, correct = fl.cross_entropy_with_grad(
+    ...     logits, np.array([2, 1, 0]), lse_square_scale=1e-4, softcap=30.0,
+    ...     return_lse=True, return_accuracy=True)
+    >>> lse.round(4), correct
+    (array([3.4002, 3.4002, 3.4002]), array([1., 0., 0.]))
     """
+    extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)
     return _value_and_grad("cross_entropy", True, True, grad_output, out, input, target,
                            weight, size_average, ignore_index, reduce, reduction,
-                           label_smoothing)
+                           label_smoothing, extras)

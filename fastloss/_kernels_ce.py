@@ -42,12 +42,17 @@ from ._kernels_softmax import (
     _fill_row_nan,
     _is_regular,
     _row_state,
+    _special_lse_column,
+    _special_lse_row,
     _tile_bounds,
     _tile_log_sums,
     _tile_state,
 )
 from ._math import (
     add_exact,
+    cap_slope,
+    capped_row,
+    capped_tile,
     const,
     exp_out,
     load,
@@ -96,13 +101,14 @@ def _nll_term(m, x_t, log_s):
 
 
 @jit
-def _target_sums_row(x, y, r, weight, keep, uniform, m):
-    """(A, B) = (sum_c w_c y'_c, sum_c w_c y'_c (m - x_c)) with y' = keep * y + uniform.
+def _target_sums_row(x, rx, y, ry, weight, keep, uniform, m):
+    """(A, B) = (sum_c w_c y'_c, sum_c w_c y'_c (m - x_c)) with y' = keep * y + uniform, over
+    row rx of x and row ry of y.
 
     The loss is then B + A log s, with no cancellation at large logits.
     """
     wide_vectors()
-    xr, yr = x[r], y[r]
+    xr, yr = x[rx], y[ry]
     classes = xr.shape[0]
     a = 0.0
     b = 0.0
@@ -121,38 +127,55 @@ def _target_sums_row(x, y, r, weight, keep, uniform, m):
 
 
 @jit
-def _target_entry(others, scale, p_t, per_class, w_t, nll_coef):
+def _target_entry(others, scale, p_t, per_class, w_t, nll_coef, z_coef, slope_t, softcap):
     """The gradient at the target class.
 
-    Each gradient row sums to 0 (softmax sums to 1), so the entry is minus the others' sum:
-    no cancellation when p_t is close to 1, unlike scale * p_t - g w_t. When that sum is not
-    finite (a 'mean' over a zero weight sum makes g infinite), the direct formula gives
-    torch's inf - inf = NaN.
+    Uncapped, each gradient row sums to z_coef (softmax sums to 1; z_coef is the z-loss
+    term's 2 g lambda lse), so the entry is z_coef minus the others' sum: no cancellation
+    when p_t is close to 1, unlike scale * p_t - g w_t. When that sum is not finite (a 'mean'
+    over a zero weight sum makes g infinite), the direct formula gives torch's inf - inf =
+    NaN. With a softcap the others carry their own slopes, so the direct formula (torch's
+    own) is used, times the target's slope.
     """
+    direct = scale * p_t - per_class * w_t - nll_coef
+    if softcap is not None:
+        return direct * slope_t
     if abs(others) < np.inf:
-        return -others
-    return scale * p_t - per_class * w_t - nll_coef
+        return z_coef - others
+    return direct
 
 
 @jit
-def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad):
-    """grad[r, c] = scale * p_c - per_class * w_c for every c; returns the float64 sum over
-    c != t (blockwise partial sums, so a large target entry never swamps the others)."""
+def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row, softcap):
+    """grad[g_row, c] = (scale * p_c - per_class * w_c) * slope_c for every c, from row r of
+    x, which holds the capped logits when there is a softcap (slope 1 without one); returns
+    the float64 sum over c != t (blockwise partial sums, so a large target entry never
+    swamps the others)."""
     wide_vectors()
-    xr, gr = x[r], grad[r]
+    xr, gr = x[r], grad[g_row]
     classes = xr.shape[0]
     zero = const(x, 0.0)
     others = 0.0
+    # Each block is first copied (from L1) into a buffer of its own: when grad is x itself
+    # (in-place use), a loop that reads x and writes grad fails LLVM's runtime overlap check
+    # and runs its scalar version, three times slower.
+    block = np.full(min(BLOCK, classes), zero)  # the compute type
     for b0 in range(0, classes, BLOCK):
         b1 = min(b0 + BLOCK, classes)
         xb, gb, wb = xr[b0:b1], gr[b0:b1], weight[b0:b1]
+        vb = block[: b1 - b0]
+        for j in range(xb.shape[0]):
+            vb[j] = load(xb[j])
         if per_class != zero:
-            for j in range(xb.shape[0]):
-                v = scale * exp_out(log_prob(load(xb[j]), m, log_s)) - per_class * wb[j]
-                gb[j] = store(v, grad)
+            for j in range(vb.shape[0]):
+                v = vb[j]
+                p = exp_out(log_prob(v, m, log_s))
+                gb[j] = store((scale * p - per_class * wb[j]) * cap_slope(v, softcap), grad)
         else:
-            for j in range(xb.shape[0]):
-                gb[j] = store(scale * exp_out(log_prob(load(xb[j]), m, log_s)), grad)
+            for j in range(vb.shape[0]):
+                v = vb[j]
+                p = exp_out(log_prob(v, m, log_s))
+                gb[j] = store(scale * p * cap_slope(v, softcap), grad)
         # Summed in a loop of its own, from the block just written (in L1): in the loop that
         # stores, LLVM's runtime alias check would pick vector or scalar summation order by
         # the arrays' addresses, and the last bit would change from call to call.
@@ -163,6 +186,34 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad):
     return others
 
 
+@jit
+def _argmax(values, m, regular):
+    """torch.argmax of a 1-d view (a row, or a strided column): the first maximum; a NaN
+    counts as the maximum (the first NaN wins); all -inf gives 0. ``regular`` says the
+    maximum is ``m`` and there is no NaN (the row's state is regular)."""
+    wide_vectors()
+    if regular:
+        # Blocks are tested with a vectorized count before one is scanned element by element.
+        for b0 in range(0, values.shape[0], BLOCK):
+            block = values[b0 : min(b0 + BLOCK, values.shape[0])]
+            hits = 0
+            for j in range(block.shape[0]):
+                hits += load(block[j]) == m
+            if hits:
+                for j in range(block.shape[0]):
+                    if load(block[j]) == m:
+                        return b0 + j
+    best = 0
+    best_value = load(values[0])
+    for j in range(values.shape[0]):
+        v = load(values[j])
+        if v != v:
+            return j
+        if v > best_value:
+            best, best_value = j, v
+    return best
+
+
 # ---------------------------------------------------------------------------------------------
 # Index targets, rows
 
@@ -170,58 +221,92 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad):
 @kernel
 def cross_entropy_rows(
     x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
-    row_loss, row_smooth, grad,
+    row_loss, row_smooth, grad, softcap, z_scale, row_z, row_lse, row_correct,
 ):
     """Index targets on rows. row_loss gets w_t (lse - x_t), row_smooth S lse - sum w_c x_c
     (when eps > 0): torch reduces the two terms separately, which matters when 'mean' divides
-    by a zero weight sum."""
+    by a zero weight sum.
+
+    Extras (each array is empty when not wanted): row_z the z-loss z_scale lse^2 of counted
+    rows, row_lse every row's lse, row_correct 1 / 0 whether the argmax is the target (NaN
+    for ignored rows). ``softcap`` (None or a float) caps the logits first.
+    """
     wide_vectors()
     rows, classes = x.shape
     smoothing = eps > 0.0
+    want_z = row_z.shape[0] > 0
+    want_lse = row_lse.shape[0] > 0
+    want_correct = row_correct.shape[0] > 0
     for r in prange(rows):
         wide_vectors()
         t = target[r]
         ignored = t == ignore_index or t < 0 or t >= classes
-        if ignored and not want_grad:
+        if want_correct and ignored:
+            row_correct[r] = np.nan
+        if ignored and not want_grad and not want_lse:
             row_loss[r] = 0.0
             if smoothing:
                 row_smooth[r] = 0.0
+            if want_z:
+                row_z[r] = 0.0
             continue
-        m, s = _row_state(x, r, 0, classes)
+        xs, rs = capped_row(x, r, softcap)  # x itself, or the row capped once into a copy
+        m, s = _row_state(xs, rs, 0, classes)
+        regular = _is_regular(m, s)
+        if want_lse:
+            row_lse[r] = np.float64(m) + log_pos(s) if regular else _special_lse_row(xs, rs)
+        if want_correct and not ignored:
+            row_correct[r] = 1.0 if _argmax(xs[rs], m, regular) == t else 0.0
         if ignored:
             # The loss is 0, but torch's gradient of a row whose softmax is NaN is NaN.
             row_loss[r] = 0.0
             if smoothing:
                 row_smooth[r] = 0.0
-            if _is_regular(m, s):
-                _zero_row(grad, r)
-            else:
-                _fill_row_nan(grad, r)
+            if want_z:
+                row_z[r] = 0.0
+            if want_grad:
+                if regular:
+                    _zero_row(grad, r)
+                else:
+                    _fill_row_nan(grad, r)
             continue
-        if not _is_regular(m, s):
+        if not regular:
             row_loss[r] = np.nan
             if smoothing:
                 row_smooth[r] = np.nan
+            if want_z:
+                row_z[r] = np.nan
             if want_grad:
                 _fill_row_nan(grad, r)
             continue
         log_s = log_pos(s)
+        lse = np.float64(m) + log_s
         w_t = np.float64(weight[t])
-        x_t = load(x[r, t])  # read before the gradient is written: out may be the input
+        # Read before the gradient is written: out may be the input.
+        x_t = load(xs[rs, t])
+        slope_t = cap_slope(x_t, softcap)
         row_loss[r] = w_t * _nll_term(m, x_t, log_s)
         if smoothing:
-            row_smooth[r] = _weighted_gap_row(x, r, weight, m) + weight_sum * log_s
+            row_smooth[r] = _weighted_gap_row(xs, rs, weight, m) + weight_sum * log_s
+        if want_z:
+            row_z[r] = z_scale * lse * lse
         if not want_grad:
             continue
         g = np.float64(load(upstream[r * upstream_step]))
-        scale = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes))
+        z_coef = 2.0 * g * z_scale * lse if want_z else 0.0
+        scale = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef)
         log_s_c = const(x, log_s)
         # Not g * 0 without smoothing: an infinite g (zero weight sum) must not make it NaN.
         per_class = const(x, g * eps / classes if smoothing else 0.0)
-        others = _write_gradient_row(x, r, m, log_s_c, scale, per_class, weight, t, grad)
+        others = _write_gradient_row(
+            xs, rs, m, log_s_c, scale, per_class, weight, t, grad, r, softcap
+        )
         p_t = exp_out(log_prob(x_t, m, log_s_c))
         nll_coef = const(x, g * (1.0 - eps) * w_t)
-        grad[r, t] = store(_target_entry(others, scale, p_t, per_class, weight[t], nll_coef), grad)
+        entry = _target_entry(
+            others, scale, p_t, per_class, weight[t], nll_coef, z_coef, slope_t, softcap
+        )
+        grad[r, t] = store(entry, grad)
 
 
 @kernel
@@ -249,35 +334,58 @@ def nll_rows(x, target, weight, ignore_index, upstream, upstream_step, want_grad
 
 
 @kernel
-def cross_entropy_prob_rows(x, y, weight, eps, upstream, upstream_step, want_grad, row_loss, grad):
+def cross_entropy_prob_rows(
+    x, y, weight, eps, upstream, upstream_step, want_grad, row_loss, grad, softcap, z_scale,
+    row_z, row_lse, row_correct,
+):
+    """Probability targets on rows; the extras as in cross_entropy_rows (every row counts,
+    and a row is correct when the argmax of x is the argmax of y)."""
     wide_vectors()
     rows, classes = x.shape
     uniform = eps / classes
     keep = 1.0 - eps
+    want_z = row_z.shape[0] > 0
+    want_lse = row_lse.shape[0] > 0
+    want_correct = row_correct.shape[0] > 0
     for r in prange(rows):
         wide_vectors()
-        m, s = _row_state(x, r, 0, classes)
-        xr, yr = x[r], y[r]
+        xs, rs = capped_row(x, r, softcap)
+        m, s = _row_state(xs, rs, 0, classes)
+        regular = _is_regular(m, s)
+        xr, yr = xs[rs], y[r]
         keep_c, uniform_c = const(x, keep), const(x, uniform)
-        a, b = _target_sums_row(x, y, r, weight, keep_c, uniform_c, m)
-        if _is_regular(m, s):
+        a, b = _target_sums_row(xs, rs, y, r, weight, keep_c, uniform_c, m)
+        if want_lse:
+            row_lse[r] = np.float64(m) + log_pos(s) if regular else _special_lse_row(xs, rs)
+        if want_correct:
+            predicted = _argmax(xs[rs], m, regular)
+            row_correct[r] = 1.0 if predicted == _argmax(y[r], keep_c, False) else 0.0
+        if regular:
             log_s = log_pos(s)
+            lse = np.float64(m) + log_s
             row_loss[r] = b + a * log_s
+            if want_z:
+                row_z[r] = z_scale * lse * lse
         else:
             row_loss[r] = np.nan
+            if want_z:
+                row_z[r] = np.nan
             if want_grad:
                 _fill_row_nan(grad, r)
             continue
         if not want_grad:
             continue
         g = np.float64(load(upstream[r * upstream_step]))
-        ga, gc = const(x, g * a), const(x, g)
+        z_coef = 2.0 * g * z_scale * lse if want_z else 0.0
+        ga, gc = const(x, g * a + z_coef), const(x, g)
         log_s_c = const(x, log_s)
         gr = grad[r]
         for j in range(classes):
-            p = exp_out(log_prob(load(xr[j]), m, log_s_c))
+            # x_j and y_j are read before grad_j is written: out may be either input.
+            v = load(xr[j])
+            p = exp_out(log_prob(v, m, log_s_c))
             wy = weight[j] * (keep_c * load(yr[j]) + uniform_c)
-            gr[j] = store(ga * p - gc * wy, grad)
+            gr[j] = store((ga * p - gc * wy) * cap_slope(v, softcap), grad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +395,7 @@ def cross_entropy_prob_rows(x, y, weight, eps, upstream, upstream_step, want_gra
 @kernel
 def cross_entropy_strided(
     x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
-    row_loss, row_smooth, grad, tile,
+    row_loss, row_smooth, grad, tile, softcap, z_scale, row_z, row_lse, row_correct,
 ):
     """Index targets on (O, C, I); see cross_entropy_rows. Per-position outputs are (O * I,)
     in (o, i) order."""
@@ -295,15 +403,21 @@ def cross_entropy_strided(
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     smoothing = eps > 0.0
+    want_z = row_z.shape[0] > 0
+    want_lse = row_lse.shape[0] > 0
+    want_correct = row_correct.shape[0] > 0
     for w in prange(outer * ntiles):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        m, s = _tile_state(x, o, p0, n)
+        # The tile itself, or its logits capped once into a copy (positions ps .. ps + n of
+        # slab os_ of xs); the gradient is written at (o, p0) of grad either way.
+        xs, os_, ps = capped_tile(x, o, p0, n, softcap)
+        m, s = _tile_state(xs, os_, ps, n)
         log_s, _ = _tile_log_sums(x, m, s)
         smooth = np.zeros(n, dtype=np.float64)
         if smoothing:
             for c in range(classes):
-                xc = x[o, c, p0 : p0 + n]
+                xc = xs[os_, c, ps : ps + n]
                 wc = weight[c]
                 for t in range(n):
                     smooth[t] += wc * (m[t] - load(xc[t]))
@@ -312,40 +426,64 @@ def cross_entropy_strided(
         per_class = np.zeros(n, dtype=m.dtype)
         nll_coef = np.zeros(n, dtype=m.dtype)
         x_t = np.zeros(n, dtype=m.dtype)
+        slope_t = np.ones(n, dtype=m.dtype)
+        z_coef = np.zeros(n, dtype=np.float64)
         tt = target[o, p0 : p0 + n]
         for t in range(n):
             k = o * inner + p0 + t
             c_t = tt[t]
-            if c_t == ignore_index or c_t < 0 or c_t >= classes:
+            regular = _is_regular(m[t], s[t])
+            ignored = c_t == ignore_index or c_t < 0 or c_t >= classes
+            lse = np.float64(m[t]) + np.float64(log_s[t])
+            if want_lse:
+                row_lse[k] = lse if regular else _special_lse_column(xs, os_, ps + t)
+            if want_correct:
+                if ignored:
+                    row_correct[k] = np.nan
+                else:
+                    predicted = _argmax(xs[os_, :, ps + t], m[t], regular)
+                    row_correct[k] = 1.0 if predicted == c_t else 0.0
+            if ignored:
                 row_loss[k] = 0.0
                 if smoothing:
                     row_smooth[k] = 0.0
+                if want_z:
+                    row_z[k] = 0.0
                 continue
-            if not _is_regular(m[t], s[t]):
+            if not regular:
                 row_loss[k] = np.nan
                 if smoothing:
                     row_smooth[k] = np.nan
+                if want_z:
+                    row_z[k] = np.nan
                 continue
             log_s_t = np.float64(log_s[t])
             w_t = np.float64(weight[c_t])
-            x_t[t] = load(x[o, c_t, p0 + t])  # read before the gradient overwrites it
+            # Read before the gradient overwrites it.
+            x_t[t] = load(xs[os_, c_t, ps + t])
+            slope_t[t] = cap_slope(x_t[t], softcap)
             row_loss[k] = w_t * _nll_term(m[t], x_t[t], log_s_t)
             if smoothing:
                 row_smooth[k] = smooth[t] + weight_sum * log_s_t
+            if want_z:
+                row_z[k] = z_scale * lse * lse
             g = np.float64(load(upstream[k * upstream_step]))
-            scale[t] = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes))
+            z_coef[t] = 2.0 * g * z_scale * lse if want_z else 0.0
+            scale[t] = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef[t])
             per_class[t] = const(x, g * eps / classes if smoothing else 0.0)
             nll_coef[t] = const(x, g * (1.0 - eps) * w_t)
         if not want_grad:
             continue
         others = np.zeros(n, dtype=np.float64)
         for c in range(classes):
-            xc, gc = x[o, c, p0 : p0 + n], grad[o, c, p0 : p0 + n]
+            xc, gc = xs[os_, c, ps : ps + n], grad[o, c, p0 : p0 + n]
             wc = weight[c]
             for t in range(n):
-                v = scale[t] * exp_out(log_prob(load(xc[t]), m[t], log_s[t])) - per_class[t] * wc
-                gc[t] = store(v, grad)
-                others[t] += v if tt[t] != c else zero
+                v = load(xc[t])
+                d = scale[t] * exp_out(log_prob(v, m[t], log_s[t])) - per_class[t] * wc
+                d = d * cap_slope(v, softcap)
+                gc[t] = store(d, grad)
+                others[t] += d if tt[t] != c else zero
         for t in range(n):
             c_t = tt[t]
             if not _is_regular(m[t], s[t]):
@@ -356,9 +494,12 @@ def cross_entropy_strided(
                 continue
             if c_t == ignore_index or c_t < 0 or c_t >= classes:
                 continue  # scale and per_class are 0: the column is already 0
-            # The column sums to 0; see cross_entropy_rows.
+            # The column sums to z_coef; see cross_entropy_rows.
             p_t = exp_out(log_prob(x_t[t], m[t], log_s[t]))
-            entry = _target_entry(others[t], scale[t], p_t, per_class[t], weight[c_t], nll_coef[t])
+            entry = _target_entry(
+                others[t], scale[t], p_t, per_class[t], weight[c_t], nll_coef[t], z_coef[t],
+                slope_t[t], softcap,
+            )
             grad[o, c_t, p0 + t] = store(entry, grad)
 
 
@@ -399,21 +540,26 @@ def nll_strided(
 
 @kernel
 def cross_entropy_prob_strided(
-    x, y, weight, eps, upstream, upstream_step, want_grad, row_loss, grad, tile
+    x, y, weight, eps, upstream, upstream_step, want_grad, row_loss, grad, tile, softcap,
+    z_scale, row_z, row_lse, row_correct,
 ):
     wide_vectors()
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     keep_c, uniform_c = const(x, 1.0 - eps), const(x, eps / classes)
+    want_z = row_z.shape[0] > 0
+    want_lse = row_lse.shape[0] > 0
+    want_correct = row_correct.shape[0] > 0
     for w in prange(outer * ntiles):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        m, s = _tile_state(x, o, p0, n)
+        xs, os_, ps = capped_tile(x, o, p0, n, softcap)
+        m, s = _tile_state(xs, os_, ps, n)
         log_s, _ = _tile_log_sums(x, m, s)
         a = np.zeros(n, dtype=np.float64)
         b = np.zeros(n, dtype=np.float64)
         for c in range(classes):
-            xc, yc = x[o, c, p0 : p0 + n], y[o, c, p0 : p0 + n]
+            xc, yc = xs[os_, c, ps : ps + n], y[o, c, p0 : p0 + n]
             wc = weight[c]
             for t in range(n):
                 wy = wc * (keep_c * load(yc[t]) + uniform_c)
@@ -423,22 +569,37 @@ def cross_entropy_prob_strided(
         gs = np.zeros(n, dtype=m.dtype)
         for t in range(n):
             k = o * inner + p0 + t
-            if _is_regular(m[t], s[t]):
+            regular = _is_regular(m[t], s[t])
+            lse = np.float64(m[t]) + np.float64(log_s[t])
+            if want_lse:
+                row_lse[k] = lse if regular else _special_lse_column(xs, os_, ps + t)
+            if want_correct:
+                predicted = _argmax(xs[os_, :, ps + t], m[t], regular)
+                wanted = _argmax(y[o, :, p0 + t], m[t], False)
+                row_correct[k] = 1.0 if predicted == wanted else 0.0
+            if regular:
                 row_loss[k] = b[t] + a[t] * np.float64(log_s[t])
+                if want_z:
+                    row_z[k] = z_scale * lse * lse
             else:
                 row_loss[k] = np.nan
+                if want_z:
+                    row_z[k] = np.nan
             g = np.float64(load(upstream[k * upstream_step]))
-            ga[t] = const(x, g * a[t])
+            z_coef = 2.0 * g * z_scale * lse if want_z and regular else 0.0
+            ga[t] = const(x, g * a[t] + z_coef)
             gs[t] = const(x, g)
         if not want_grad:
             continue
         for c in range(classes):
-            xc, yc, gc = x[o, c, p0 : p0 + n], y[o, c, p0 : p0 + n], grad[o, c, p0 : p0 + n]
+            xc, yc = xs[os_, c, ps : ps + n], y[o, c, p0 : p0 + n]
+            gc = grad[o, c, p0 : p0 + n]
             wc = weight[c]
             for t in range(n):
-                p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
+                v = load(xc[t])
+                p = exp_out(log_prob(v, m[t], log_s[t]))
                 wy = wc * (keep_c * load(yc[t]) + uniform_c)
-                gc[t] = store(ga[t] * p - gs[t] * wy, grad)
+                gc[t] = store((ga[t] * p - gs[t] * wy) * cap_slope(v, softcap), grad)
         for t in range(n):
             if not _is_regular(m[t], s[t]):
                 column = grad[o, :, p0 + t]

@@ -566,3 +566,247 @@ def _log1p_unit(e):
 
         return impl
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# exp and log on their whole domains (the elementwise losses see arbitrary values)
+
+_F32_HI_ANY = np.float32(89.0)  # exp above log(FLT_MAX) = 88.72 overflows to inf by itself
+_F64_HI_ANY = np.float64(710.0)
+
+
+def exp_any(x):
+    """exp(x) for any x: subnormal results down to the smallest, +inf above the range, NaN
+    stays NaN (kl_div's log_target)."""
+
+
+@overload(exp_any, **_INLINE)
+def _exp_any(x):
+    # The split 2^k = 2^(k>>1) * 2^(k - (k>>1)) of exp_fine also reaches the top of the range:
+    # p * 2^k overflows to inf exactly where exp(x) does. Clamping x (NaN passes both
+    # comparisons untouched) keeps k a small integer.
+    if x == types.float32:
+
+        def impl(x):
+            xc = _F32_LO_FINE if x < _F32_LO_FINE else x
+            xc = _F32_HI_ANY if xc > _F32_HI_ANY else xc
+            y = _exp32_fine(xc)
+            return _F32_ZERO if x < _F32_LO_FINE else y
+
+        return impl
+    if x == types.float64:
+
+        def impl(x):
+            xc = _F64_LO_FINE if x < _F64_LO_FINE else x
+            xc = _F64_HI_ANY if xc > _F64_HI_ANY else xc
+            y = _exp64_fine(xc)
+            return 0.0 if x < _F64_LO_FINE else y
+
+        return impl
+    return None
+
+
+_F32_TINY = np.float32(2.0**-126)  # smallest normal float32
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+_F32_SCALE = np.float32(2.0**24)  # lifts every float32 subnormal into the normal range
+_F32_SCALE_LOG = np.float32(24 * np.log(2.0))
+_F64_TINY = np.float64(2.0**-1022)
+_F64_MAX = np.float64(np.finfo(np.float64).max)
+_F64_SCALE = np.float64(2.0**54)
+_F64_SCALE_LOG = np.float64(54 * np.log(2.0))
+
+
+def log_any(x):
+    """log(x) for any x, as libm: subnormals exact, log(0) = -inf, log(inf) = inf, NaN for
+    x < 0 or NaN. Branch-free, so it vectorizes."""
+
+
+@overload(log_any, **_INLINE)
+def _log_any(x):
+    def make(tiny, huge, scale, scale_log, one, zero, inf, nan):
+        def impl(x):
+            subnormal = x < tiny
+            lifted = x * scale if subnormal else x
+            # Out-of-domain values are swapped for 1 so the bit tricks of log_pos stay sane;
+            # the selects below give their results.
+            regular = lifted >= tiny and lifted <= huge
+            r = log_pos(lifted if regular else one) - (scale_log if subnormal else zero)
+            r = -inf if x == zero else r
+            r = inf if x == inf else r
+            return r if x >= zero else nan
+
+        return impl
+
+    if x == types.float32:
+        return make(
+            _F32_TINY, _F32_MAX, _F32_SCALE, _F32_SCALE_LOG, _F32_ONE, _F32_ZERO,
+            np.float32(np.inf), np.float32(np.nan),
+        )
+    if x == types.float64:
+        return make(_F64_TINY, _F64_MAX, _F64_SCALE, _F64_SCALE_LOG, 1.0, 0.0, np.inf, np.nan)
+    return None
+
+
+def log1m_unit(x):
+    """log(1 - x) = log1p(-x) for x in [0, 1]; exact near 0 and near 1; log1m_unit(1) = -inf."""
+
+
+@overload(log1m_unit, **_INLINE)
+def _log1m_unit(x):
+    # x <= 1/2: log1p(-x) by the series of log1p_unit (|t| = x / (2 - x) <= 1/3 there);
+    # x > 1/2: 1 - x is exact (Sterbenz), and log_any takes it down to 0.
+    def make(half, one):
+        def impl(x):
+            small = log1p_unit(-(x if x <= half else half))
+            large = log_any(one - (x if x > half else half))
+            return small if x <= half else large
+
+        return impl
+
+    if x == types.float32:
+        return make(np.float32(0.5), _F32_ONE)
+    if x == types.float64:
+        return make(0.5, 1.0)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# tanh and logit softcapping
+
+
+# Taylor coefficients of tanh(u) / u in powers of u^2, 2^2n (2^2n - 1) B_2n / (2n)! for
+# n = 1..15 (B the Bernoulli numbers; tests/test_ce_extras.py derives them again).
+TANH_SERIES = (
+    1.0, -0.3333333333333333, 0.13333333333333333, -0.05396825396825397,
+    0.021869488536155203, -0.008863235529902197, 0.003592128036572481,
+    -0.0014558343870513183, 0.000590027440945586, -0.00023912911424355248,
+    9.691537956929451e-05, -3.927832388331683e-05, 1.5918905069328964e-05,
+    -6.451689215655431e-06, 2.6147711512907546e-06,
+)
+
+
+# |u| < 0.4: the odd series (each term ~0.065 of the last); above, (1 - e) / (1 + e) with
+# e = exp(-2|u|) <= 0.45, where 1 - e has no cancellation.
+_TANH_SMALL = 0.4
+_TANH32 = tuple(np.float32(c) for c in reversed(TANH_SERIES[:7]))
+_TANH64 = tuple(reversed(TANH_SERIES))
+
+
+def tanh_any(u):
+    """tanh(u) for any u (+-1 at +-inf, NaN stays NaN), within 2 ulp; vectorizes."""
+
+
+@overload(tanh_any, **_INLINE)
+def _tanh_any(u):
+    def make(coeffs, small, one, two):
+        def impl(u):
+            a = abs(u)
+            a2 = a * a
+            q = coeffs[0]
+            for c in coeffs[1:]:
+                q = fma(q, a2, c)
+            series = a * q
+            e = exp_fine(-(a + a))
+            large = (one - e) / (one + e)
+            r = series if a < small else large
+            return -r if u < 0 else r
+
+        return impl
+
+    if u == types.float32:
+        return make(_TANH32, np.float32(_TANH_SMALL), _F32_ONE, np.float32(2.0))
+    if u == types.float64:
+        return make(_TANH64, _TANH_SMALL, 1.0, 2.0)
+    return None
+
+
+def _no_cap(softcap) -> bool:
+    return softcap is None or isinstance(softcap, (types.NoneType, types.Omitted))
+
+
+def capped(v, softcap):
+    """softcap * tanh(v / softcap) (Gemma 2's logit softcapping), or v itself when softcap is
+    None: the choice is made when the kernel compiles, so uncapped kernels carry no cost."""
+
+
+@overload(capped, **_INLINE)
+def _capped(v, softcap):
+    if _no_cap(softcap):
+        return lambda v, softcap: v
+    cast = _COMPUTE_NP.get(v)
+
+    def impl(v, softcap):
+        # x * (1/c) rather than x / c: a division per element costs more than the rounding
+        # difference (<= 1 ulp of x / c) matters.
+        c = cast(softcap)
+        return c * tanh_any(v * (cast(1.0) / c))
+
+    return impl
+
+
+def cap_slope(v, softcap):
+    """d capped(x) / dx at the capped value v = c tanh(x / c): (1 - v/c)(1 + v/c); 1 when
+    softcap is None."""
+
+
+@overload(cap_slope, **_INLINE)
+def _cap_slope(v, softcap):
+    cast = _COMPUTE_NP.get(v)
+    if _no_cap(softcap):
+        return lambda v, softcap: cast(1.0)
+
+    def impl(v, softcap):
+        one = cast(1.0)
+        u = v * (one / cast(softcap))
+        return (one - u) * (one + u)
+
+    return impl
+
+
+def capped_row(x, r, softcap):
+    """(source, row) to read row r of x from: (x, r) itself when softcap is None, else a
+    (1, C) copy of the row, capped once per element in the compute type, and row 0.
+
+    Every later pass over the row (max, sums, gradient) then reads the copy from cache
+    instead of evaluating tanh again; the gradient may overwrite x (in-place use).
+    """
+
+
+@overload(capped_row, **_INLINE)
+def _capped_row(x, r, softcap):
+    if _no_cap(softcap):
+        return lambda x, r, softcap: (x, r)
+    compute = _COMPUTE_NP[_STORAGE_TO_COMPUTE[x.dtype]]
+
+    def impl(x, r, softcap):
+        row = x[r]
+        buffer = np.empty((1, row.shape[0]), compute)
+        copy = buffer[0]
+        for j in range(row.shape[0]):
+            copy[j] = capped(load(row[j]), softcap)
+        return buffer, 0
+
+    return impl
+
+
+def capped_tile(x, o, p0, n, softcap):
+    """capped_row for positions p0 .. p0+n of slab o of an (O, C, I) array: (x, o, p0), or a
+    (1, C, n) capped copy with (0, 0)."""
+
+
+@overload(capped_tile, **_INLINE)
+def _capped_tile(x, o, p0, n, softcap):
+    if _no_cap(softcap):
+        return lambda x, o, p0, n, softcap: (x, o, p0)
+    compute = _COMPUTE_NP[_STORAGE_TO_COMPUTE[x.dtype]]
+
+    def impl(x, o, p0, n, softcap):
+        channels = x.shape[1]
+        buffer = np.empty((1, channels, n), compute)
+        for c in range(channels):
+            xc, bc = x[o, c, p0 : p0 + n], buffer[0, c]
+            for t in range(n):
+                bc[t] = capped(load(xc[t]), softcap)
+        return buffer, 0, 0
+
+    return impl

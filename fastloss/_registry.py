@@ -34,6 +34,9 @@ class Case:
     # Named option sets: each maps (shape, dtype, rng) to extra kwargs for the call.
     variants: tuple[tuple[str, Callable], ...] = (("plain", lambda shape, dtype, rng: {}),)
     has_loss_grad: bool = False
+    # Turns an input into one with the special values this function accepts, for the CLI's
+    # self-check; None means the generic one (-inf/NaN/+inf slices along the class axis).
+    special_values: Callable[[np.ndarray, dict], np.ndarray] | None = None
 
     @property
     def fastloss_with_grad(self) -> Callable | None:
@@ -123,6 +126,70 @@ def _classification_traffic(args, kwargs, result) -> int:
     return args[0].nbytes + args[1].nbytes + np.asarray(result).nbytes
 
 
+def _log_probability_pair_args(shape, dtype, rng):
+    """kl_div's log-probabilities and probability targets; 'batchmean', the true KL."""
+    log_q = np.log(rng.dirichlet(np.ones(shape[-1]), shape[:-1]) if shape else np.ones(()))
+    target = rng.dirichlet(np.ones(shape[-1]), shape[:-1]) if shape else np.ones(())
+    return (log_q.astype(dtype), target.astype(dtype)), {"reduction": "batchmean"}
+
+
+def _binary_targets(shape, dtype, rng):
+    return (rng.random(shape) < 0.3).astype(dtype)
+
+
+def _probability_args(shape, dtype, rng):
+    probs = rng.uniform(0.001, 0.999, shape).astype(dtype)
+    return (probs, _binary_targets(shape, dtype, rng)), {}
+
+
+def _logit_args(shape, dtype, rng):
+    return (_logits(shape, dtype, rng), _binary_targets(shape, dtype, rng)), {}
+
+
+def _regression_args(shape, dtype, rng):
+    return (_logits(shape, dtype, rng), _logits(shape, dtype, rng)), {}
+
+
+def _per_class_weight(shape, dtype, rng):
+    return {"weight": rng.uniform(0.5, 2.0, shape[-1:]).astype(dtype)}
+
+
+def _logit_options(shape, dtype, rng):
+    return {
+        **_per_class_weight(shape, dtype, rng),
+        "pos_weight": rng.uniform(1.0, 4.0, shape[-1:]).astype(dtype),
+    }
+
+
+def _element_weight(shape, dtype, rng):
+    return {"weight": rng.uniform(0.5, 2.0, shape).astype(dtype)}
+
+
+def _margin_args(shape, dtype, rng):
+    rows = shape[0] if len(shape) == 2 else 1
+    target = rng.integers(0, shape[-1], (rows,) if len(shape) == 2 else ())
+    return (_logits(shape, dtype, rng), np.asarray(target)), {}
+
+
+def _margin_options(shape, dtype, rng):
+    return {"p": 2, "margin": 0.5, **_per_class_weight(shape, dtype, rng)}
+
+
+def _probability_special_values(x: np.ndarray, kwargs: dict) -> np.ndarray:
+    """binary_cross_entropy's special inputs are the ends of [0, 1] (the log clamp)."""
+    x = x.copy()
+    flat = x.reshape(-1)
+    flat[0::7] = 0.0
+    flat[3::7] = 1.0
+    return x
+
+
+def _elementwise_traffic(args, kwargs, result) -> int:
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    arrays += [v for v in kwargs.values() if isinstance(v, np.ndarray)]
+    return sum(a.nbytes for a in arrays) + np.asarray(result).nbytes
+
+
 # The shapes of the foundation issue: two large-vocabulary cases, a mid one, a tiny one, and
 # a spatial (N, C, H, W) reduction over the class dim 1.
 SOFTMAX_BENCH_SHAPES = (
@@ -140,6 +207,11 @@ CLASSIFICATION_BENCH_SHAPES = (
     ((32, 10), {}),
     ((16, 21, 256, 256), {}),
 )
+
+# The other losses of the seed documents: 1e7 elements, a tiny case, and (65536, 1000) for
+# the row-structured ones.
+LOSS_BENCH_SHAPES = (((10000, 1000), {}), ((32, 10), {}))
+ROW_LOSS_BENCH_SHAPES = (((10000, 1000), {}), ((65536, 1000), {}), ((32, 10), {}))
 
 CASES: dict[str, Case] = {
     case.name: case
@@ -183,6 +255,55 @@ CASES: dict[str, Case] = {
             CLASSIFICATION_BENCH_SHAPES,
             _classification_traffic,
             variants=(("plain", lambda shape, dtype, rng: {}), ("options", _nll_options)),
+            has_loss_grad=True,
+        ),
+        Case(
+            "kl_div",
+            _log_probability_pair_args,
+            "torch.nn.functional.kl_div",
+            ROW_LOSS_BENCH_SHAPES,
+            _elementwise_traffic,
+            variants=(
+                ("plain", lambda shape, dtype, rng: {}),
+                ("log_target", lambda shape, dtype, rng: {"log_target": True}),
+            ),
+            has_loss_grad=True,
+        ),
+        Case(
+            "binary_cross_entropy",
+            _probability_args,
+            "torch.nn.functional.binary_cross_entropy",
+            LOSS_BENCH_SHAPES,
+            _elementwise_traffic,
+            variants=(("plain", lambda shape, dtype, rng: {}), ("options", _per_class_weight)),
+            has_loss_grad=True,
+            special_values=_probability_special_values,
+        ),
+        Case(
+            "binary_cross_entropy_with_logits",
+            _logit_args,
+            "torch.nn.functional.binary_cross_entropy_with_logits",
+            LOSS_BENCH_SHAPES,
+            _elementwise_traffic,
+            variants=(("plain", lambda shape, dtype, rng: {}), ("options", _logit_options)),
+            has_loss_grad=True,
+        ),
+        Case(
+            "mse_loss",
+            _regression_args,
+            "torch.nn.functional.mse_loss",
+            LOSS_BENCH_SHAPES,
+            _elementwise_traffic,
+            variants=(("plain", lambda shape, dtype, rng: {}), ("options", _element_weight)),
+            has_loss_grad=True,
+        ),
+        Case(
+            "multi_margin_loss",
+            _margin_args,
+            "torch.nn.functional.multi_margin_loss",
+            ROW_LOSS_BENCH_SHAPES,
+            _classification_traffic,
+            variants=(("plain", lambda shape, dtype, rng: {}), ("options", _margin_options)),
             has_loss_grad=True,
         ),
     )

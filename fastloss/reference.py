@@ -77,7 +77,10 @@ def _numpy_result(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         with np.errstate(all="ignore"):
-            return np.asarray(func(*args, **kwargs))
+            result = func(*args, **kwargs)
+            if isinstance(result, tuple):  # cross_entropy with return_lse / return_accuracy
+                return tuple(np.asarray(r) for r in result)
+            return np.asarray(result)
 
     return wrapper
 
@@ -443,12 +446,29 @@ def cross_entropy(
     reduce=None,
     reduction="mean",
     label_smoothing=0.0,
+    *,
+    lse_square_scale=0.0,
+    softcap=None,
+    return_lse=False,
+    return_accuracy=False,
 ):
     reduction = _resolve_reduction(size_average, reduce, reduction)
     eps = _smoothing(label_smoothing)
+    x = _softcapped(input, softcap)
     if _has_probability_target(input, target):
-        return _cross_entropy_probabilities(input, target, weight, reduction, eps)
-    return _cross_entropy_indices(input, target, weight, ignore_index, reduction, eps)
+        loss = _cross_entropy_probabilities(x, target, weight, reduction, eps)
+    else:
+        loss = _cross_entropy_indices(x, target, weight, ignore_index, reduction, eps)
+    if lse_square_scale:
+        rows = _ExtraRows(x, target, weight, ignore_index)
+        z_loss = np.where(rows.counted, lse_square_scale * rows.lse**2, 0)
+        loss = loss + _reduce(z_loss, reduction, rows.denominator)
+    extras = ()
+    if return_lse:
+        extras += (_ExtraRows(x, target, weight, ignore_index).lse,)
+    if return_accuracy:
+        extras += (_ExtraRows(x, target, weight, ignore_index).correct(),)
+    return (loss, *extras) if extras else loss
 
 
 @_numpy_result
@@ -462,16 +482,67 @@ def cross_entropy_backward(
     reduce=None,
     reduction="mean",
     label_smoothing=0.0,
+    *,
+    lse_square_scale=0.0,
+    softcap=None,
 ):
     reduction = _resolve_reduction(size_average, reduce, reduction)
     eps = _smoothing(label_smoothing)
+    x = _softcapped(input, softcap)
     if _has_probability_target(input, target):
-        return _cross_entropy_probabilities_backward(
-            grad_output, input, target, weight, reduction, eps
+        grad = _cross_entropy_probabilities_backward(
+            grad_output, x, target, weight, reduction, eps
         )
-    return _cross_entropy_indices_backward(
-        grad_output, input, target, weight, ignore_index, reduction, eps
-    )
+    else:
+        grad = _cross_entropy_indices_backward(
+            grad_output, x, target, weight, ignore_index, reduction, eps
+        )
+    if lse_square_scale:
+        # d(lambda lse^2)/dx_c = 2 lambda lse p_c, on counted rows.
+        rows = _ExtraRows(x, target, weight, ignore_index)
+        g = _upstream(grad_output, reduction, rows.denominator, rows.lse.shape, rows.lse.dtype)
+        factor = np.where(rows.counted, 2 * lse_square_scale * rows.lse * g, 0)
+        grad = grad + _classes_back(factor[..., None] * rows.probs, np.ndim(input))
+    if softcap is not None:
+        # x' = c tanh(x / c): dx'/dx = 1 - tanh(x / c)^2.
+        grad = grad * (1 - np.tanh(np.asarray(input) / softcap) ** 2)
+    return grad
+
+
+def _softcapped(input, softcap):
+    """Gemma 2's logit softcapping, c tanh(x / c); the input itself when softcap is None."""
+    x = np.asarray(input)
+    return x if softcap is None else softcap * np.tanh(x / softcap)
+
+
+class _ExtraRows:
+    """Per-row quantities of cross_entropy's extras: lse, counted rows, the 'mean'
+    denominator, softmax probabilities and argmax correctness (classes last)."""
+
+    def __init__(self, input, target, weight, ignore_index):
+        self.x = _classes_last(input)
+        empty = np.full(self.x.shape[:-1], -np.inf)
+        self.lse = logsumexp(self.x, -1) if self.x.shape[-1] else empty
+        self.probabilities = _has_probability_target(input, target)
+        if self.probabilities:
+            self.y = _classes_last(target)
+            self.counted = np.ones(self.lse.shape, bool)
+            self.denominator = self.lse.size
+        else:
+            rows = _IndexTargetRows(input, target, weight, ignore_index)
+            self.target, self.counted = rows.safe_target, ~rows.ignored
+            self.denominator = rows.total_weight
+
+    @property
+    def probs(self):
+        return np.exp(self.x - self.lse[..., None])
+
+    def correct(self):
+        """1 where torch.argmax of the logits is the target (the target's argmax for
+        probability targets), 0 where not, NaN for ignored rows."""
+        predicted = np.argmax(self.x, axis=-1)
+        wanted = np.argmax(self.y, axis=-1) if self.probabilities else self.target
+        return np.where(self.counted, (predicted == wanted).astype(np.float64), np.nan)
 
 
 def _log_softmax_last(x):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fastloss import _cli
 from fastloss._registry import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def test_bench_writes_json(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "logsumexp" in result.stdout and "vs numpy" in result.stdout
+    assert "... logsumexp forward 64x100 float32" in result.stderr  # progress, before each row
     document = json.loads(path.read_text())
     assert document["environment"]["versions"]["numba"]
     (row,) = document["results"]
@@ -76,6 +78,18 @@ def test_bench_writes_json(tmp_path):
     assert row["gbps"] > 0
 
 
+def test_bench_fused_times_value_and_gradient(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run_cli(
+        "bench", "--functions", "mse_loss", "--shapes", "64x100", "--dtypes", "float32",
+        "--repeat", "1", "--fused", "--json", str(path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    functions = [row["function"] for row in json.loads(path.read_text())["results"]]
+    assert functions == ["mse_loss", "mse_loss_with_grad"]
+    assert "mse_loss_with_grad" in result.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -84,10 +98,70 @@ def test_bench_writes_json(tmp_path):
         ("bench", "--functions", "no_such_function"),
         ("bench", "--dtypes", "int8"),
         ("bench", "--repeat", "0"),
+        ("selfcheck", "--functions", "no_such_function"),
+        ("warmup", "--functions", "no_such_function"),
+        ("coldstart", "--shape", "4096"),
+        ("coldstart", "--repeat", "0"),
     ],
-    ids=["command", "shape", "function", "dtype", "repeat"],
-)
+    ids=[
+        "command", "shape", "function", "dtype", "repeat", "selfcheck-function",
+        "warmup-function", "coldstart-shape", "coldstart-repeat",
+    ],
+)  # fmt: skip
 def test_usage_error_exits_2(args):
     result = run_cli(*args, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "usage:" in result.stderr
+
+
+def test_selfcheck_failure_exits_1(monkeypatch, capsys):
+    # An impossible tolerance makes every comparison fail: the exit code must say so.
+    monkeypatch.setitem(_cli.TOLERANCE, "float32", -1.0)
+    monkeypatch.setitem(_cli.TOLERANCE, "float64", -1.0)
+    assert _cli.main(["selfcheck", "--functions", "sigmoid"]) == _cli.EXIT_SELFCHECK_FAILED
+    out = capsys.readouterr().out
+    assert "FAIL" in out and out.rstrip().endswith("selfcheck: FAILED")
+
+
+def test_warmup_shows_progress_per_case_and_dtype():
+    result = run_cli("warmup", "--functions", "sigmoid")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for dtype in ("float32", "float64", "float16"):
+        line = next(ln for ln in lines if ln.startswith(f"compiling sigmoid {dtype}..."))
+        assert line.endswith(" s") or "skipped" in line, line  # the time it took
+    assert lines[-1].startswith("warmup: done; ")
+
+
+def test_coldstart_reports_every_figure(tmp_path):
+    # Compiles one small serial kernel into a temporary cache: seconds, not minutes. Timings
+    # are only reported, never asserted (a test on a shared machine cannot prove speed).
+    path = tmp_path / "coldstart.json"
+    result = run_cli(
+        "coldstart", "--shape", "32x10", "--repeat", "1", "--json", str(path), timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("cold run 1/1", "warm run 1/1", "numba_setup run 1/1"):
+        assert f"... {step}" in result.stderr  # progress, before each fresh process
+    labels = {
+        "import numba": None,
+        "import fastloss": "target <= 0.15 s",
+        "first call, cold cache (compiles)": None,
+        "first call, warm cache": "target <= 0.50 s",
+        "of which Numba's one-time setup": None,
+    }
+    lines = result.stdout.splitlines()
+    for label, target in labels.items():
+        line = next(ln for ln in lines if ln.strip().startswith(label))
+        value = line.split(label, 1)[1].split()[0]  # "<label>  0.123 s ..."
+        if not (value == "n/a" and "Numba" in label):  # timed via Numba's internals: may be n/a
+            assert float(value) > 0, line
+        assert target is None or target in line, line
+    document = json.loads(path.read_text())
+    assert document["shape"] == [32, 10] and document["function"] == "cross_entropy"
+    seconds = document["seconds"]
+    assert set(seconds) == {
+        "import_numba", "import_fastloss", "cold_first_call", "warm_first_call", "numba_setup",
+    }  # fmt: skip
+    assert all(value is None or value > 0 for value in seconds.values())
+    assert document["targets"] == {"import_fastloss": 0.15, "warm_first_call": 0.5}

@@ -44,8 +44,13 @@ CASES = load_golden_cases()
 FUNCTIONS = sorted({case.func for case in CASES})
 IDS = [case.name for case in CASES]
 
-# torch's deprecation warnings (torch-semantics.md section 0); fastloss's forward emits them.
-DEPRECATION_MESSAGE = r"size_average and reduce args will be deprecated|elementwise_mean"
+# torch's warnings: deprecated arguments (torch-semantics.md section 0), kl_div's 'mean' and
+# mse_loss's broadcasting (sections 5 and 9); fastloss's forward emits them.
+DEPRECATION_MESSAGE = (
+    r"size_average and reduce args will be deprecated|elementwise_mean"
+    r"|reduction: 'mean' divides the total loss by both the batch size"
+    r"|Using a target size"
+)
 
 
 def test_golden_cases_cover_every_function_in_both_dtypes():
@@ -80,7 +85,14 @@ def _require_fastloss_function(case):
 def _warns_deprecation(case) -> bool:
     """torch warns once per call when a legacy argument is given or reduction is deprecated."""
     legacy = any(case.kwargs.get(name) is not None for name in ("size_average", "reduce"))
-    return legacy or case.kwargs.get("reduction") == "elementwise_mean"
+    # kl_div's default reduction='mean' warns that it is not the KL divergence per sample.
+    kl_mean = case.func == "kl_div" and case.kwargs.get("reduction", "mean") == "mean"
+    # mse_loss warns when input and target broadcast.
+    mse_broadcast = case.func == "mse_loss" and np.shape(case.args["input"]) != np.shape(
+        case.args["target"]
+    )
+    deprecated = case.kwargs.get("reduction") == "elementwise_mean"
+    return legacy or kl_mean or mse_broadcast or deprecated
 
 
 def _forward(case, module):
