@@ -18,7 +18,7 @@ from ._arrays import (
     tile_for,
     writable_target,
 )
-from ._reduction import resolve_reduction
+from ._reduction import resolve_reduction, upstream_per_element, upstream_scalar
 
 __all__ = [
     "nll_loss",
@@ -274,22 +274,9 @@ def _upstream(problem: _Problem, grad_output, func: str) -> tuple[np.ndarray, in
     if problem.reduction == "none":
         if grad_output is None:
             return np.ones(max(problem.rows, 1)), 1
-        g = as_array(grad_output, "grad_output")
-        if g.shape != tuple(problem.loss_shape):
-            raise ValueError(
-                f"{func}: grad_output has shape {g.shape}, but reduction='none' gives a loss "
-                f"of shape {tuple(problem.loss_shape)}; pass a gradient of that shape"
-            )
+        g = upstream_per_element(grad_output, problem.loss_shape, func)
         return np.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1
-    scale = 1.0
-    if grad_output is not None:
-        g = as_array(grad_output, "grad_output")
-        if g.size != 1:
-            raise ValueError(
-                f"{func}: grad_output has shape {g.shape}, but reduction="
-                f"'{problem.reduction}' gives a scalar loss; pass a scalar"
-            )
-        scale = float(g.reshape(()))
+    scale = upstream_scalar(grad_output, problem.reduction, func)
     if problem.reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.float64(scale) / np.float64(problem.denominator())

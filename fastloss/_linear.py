@@ -12,7 +12,7 @@ import numpy as np
 
 from ._arrays import as_array, check_out
 from ._cross_entropy import _check_extras, cross_entropy, cross_entropy_with_grad
-from ._reduction import resolve_reduction
+from ._reduction import resolve_reduction, upstream_per_element, upstream_scalar
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
@@ -138,14 +138,9 @@ def _chunk_upstream(call, grad_output, start, stop, func):
     if call.reduction == "none":
         if grad_output is None:
             return "none", None
-        g = as_array(grad_output, "grad_output")
-        if g.shape != call.loss_shape:
-            raise ValueError(
-                f"{func}: grad_output has shape {g.shape}, but reduction='none' gives a loss of "
-                f"shape {call.loss_shape}; pass a gradient of that shape"
-            )
+        g = upstream_per_element(grad_output, call.loss_shape, func)
         return "none", g.reshape(-1)[start:stop]
-    g = 1.0 if grad_output is None else float(as_array(grad_output, "grad_output").reshape(()))
+    g = upstream_scalar(grad_output, call.reduction, func)
     if call.reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             g = float(np.float64(g) / np.float64(call.denominator()))

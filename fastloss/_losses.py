@@ -22,7 +22,7 @@ from ._arrays import (
     storage,
     writable_target,
 )
-from ._reduction import REDUCTIONS, resolve_reduction
+from ._reduction import REDUCTIONS, resolve_reduction, upstream_per_element, upstream_scalar
 
 __all__ = [
     "kl_div",
@@ -98,43 +98,29 @@ class _Call:
             if grad_output is None:
                 g_array = None
             else:
-                g = as_array(grad_output, "grad_output")
-                if g.shape != tuple(self.loss_shape):
-                    raise ValueError(
-                        f"{func}: grad_output has shape {g.shape}, but reduction='none' gives "
-                        f"a loss of shape {tuple(self.loss_shape)}; pass a gradient of that shape"
-                    )
+                g = upstream_per_element(grad_output, self.loss_shape, func)
                 g_array = np.ascontiguousarray(g, dtype=self.dtype).reshape(-1)
                 if self.batch is not None:
                     g_array = g_array / self.dtype.type(self.batch)
                 g_array = storage(g_array)
             scale = 1.0 if self.batch is None else _divide(1.0, self.batch)
             return scale, g_array
-        scale = 1.0
-        if grad_output is not None:
-            g = as_array(grad_output, "grad_output")
-            if g.size != 1:
-                raise ValueError(
-                    f"{func}: grad_output has shape {g.shape}, but reduction="
-                    f"'{self.reduction}' gives a scalar loss; pass a scalar"
-                )
-            scale = float(g.reshape(()))
+        scale = upstream_scalar(grad_output, self.reduction, func)
         if self.reduction == "mean":
             scale = _divide(scale, self.denominator)
         if self.batch is not None:
             scale = _divide(scale, self.batch)
         return scale, None
 
-    def run(self, want_loss: bool, grad_output, out, func: str):
+    def run(self, want_loss: bool, want_grad: bool, grad_output, out, func: str):
         """The forward result, the gradient, or both (as ``_with_grad`` returns them)."""
-        want_grad = grad_output is not False
         loss_storage = None
         if want_loss and self.reduction == "none":
             loss_storage = storage(np.empty(self.size, self.dtype))
         partials = np.empty(self.chunks, dtype=np.float64)
         grad = grad_store = None
         if want_grad:
-            g_scale, g_array = self.upstream(None if grad_output is True else grad_output, func)
+            g_scale, g_array = self.upstream(grad_output, func)
             if out is not None:
                 check_out(out, self.input_shape, self.grad_dtype)
                 if self.check is not None:
@@ -306,11 +292,6 @@ _WITH_GRAD_SECTIONS = """\
 """
 
 
-def _given(grad_output):
-    """``run``'s encoding: True means 'a gradient with the default upstream'."""
-    return True if grad_output is None else grad_output
-
-
 # ---------------------------------------------------------------------------------------------
 # kl_div
 
@@ -408,7 +389,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
     array(0.04007...)
     """
     return _kl_div_call(input, target, size_average, reduce, reduction, log_target, 2).run(
-        True, False, None, "kl_div"
+        True, False, None, None, "kl_div"
     )
 
 
@@ -430,7 +411,7 @@ def kl_div_backward(grad_output, input, target, size_average=None, reduce=None,
     array([[-0.6, -0.3, -0.1]])
     """
     return _kl_div_call(input, target, size_average, reduce, reduction, log_target, 2).run(
-        False, _given(grad_output), out, "kl_div_backward"
+        False, True, grad_output, out, "kl_div_backward"
     )
 
 
@@ -453,7 +434,7 @@ def kl_div_with_grad(input, target, size_average=None, reduce=None, reduction="m
     (0.0, array([[-0.6, -0.3, -0.1]]))
     """
     return _kl_div_call(input, target, size_average, reduce, reduction, log_target, 2).run(
-        True, _given(grad_output), out, "kl_div_with_grad"
+        True, True, grad_output, out, "kl_div_with_grad"
     )
 
 
@@ -563,7 +544,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     array(0.27977...)
     """
     return _bce_call(input, target, weight, size_average, reduce, reduction, 2).run(
-        True, False, None, "binary_cross_entropy"
+        True, False, None, None, "binary_cross_entropy"
     )
 
 
@@ -585,7 +566,7 @@ def binary_cross_entropy_backward(grad_output, input, target, weight=None, size_
     array([-2.,  5.])
     """
     return _bce_call(input, target, weight, size_average, reduce, reduction, 2).run(
-        False, _given(grad_output), out, "binary_cross_entropy_backward"
+        False, True, grad_output, out, "binary_cross_entropy_backward"
     )
 
 
@@ -606,7 +587,7 @@ def binary_cross_entropy_with_grad(input, target, weight=None, size_average=None
     (array(2.30258509), array([-2.,  5.]))
     """
     return _bce_call(input, target, weight, size_average, reduce, reduction, 2).run(
-        True, _given(grad_output), out, "binary_cross_entropy_with_grad"
+        True, True, grad_output, out, "binary_cross_entropy_with_grad"
     )
 
 
@@ -702,7 +683,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     """
     call = _bce_logits_call(input, target, weight, size_average, reduce, reduction,
                             pos_weight, 2)
-    return call.run(True, False, None, "binary_cross_entropy_with_logits")
+    return call.run(True, False, None, None, "binary_cross_entropy_with_logits")
 
 
 @_with_math(_BCE_LOGITS_MATH)
@@ -724,7 +705,7 @@ def binary_cross_entropy_with_logits_backward(grad_output, input, target, weight
     array([-0.5,  0.5])
     """
     return _bce_logits_call(input, target, weight, size_average, reduce, reduction,
-                            pos_weight, 2).run(False, _given(grad_output), out,
+                            pos_weight, 2).run(False, True, grad_output, out,
                                                "binary_cross_entropy_with_logits_backward")
 
 
@@ -746,7 +727,7 @@ def binary_cross_entropy_with_logits_with_grad(input, target, weight=None, size_
     (array(1.38629436), array([-0.5,  0.5]))
     """
     return _bce_logits_call(input, target, weight, size_average, reduce, reduction,
-                            pos_weight, 2).run(True, _given(grad_output), out,
+                            pos_weight, 2).run(True, True, grad_output, out,
                                                "binary_cross_entropy_with_logits_with_grad")
 
 
@@ -843,7 +824,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     array(0.04666...)
     """
     return _mse_call(input, target, size_average, reduce, reduction, weight, 2).run(
-        True, False, None, "mse_loss"
+        True, False, None, None, "mse_loss"
     )
 
 
@@ -864,7 +845,7 @@ def mse_loss_backward(grad_output, input, target, size_average=None, reduce=None
     array([-1.,  2.])
     """
     return _mse_call(input, target, size_average, reduce, reduction, weight, 2).run(
-        False, _given(grad_output), out, "mse_loss_backward"
+        False, True, grad_output, out, "mse_loss_backward"
     )
 
 
@@ -884,7 +865,7 @@ def mse_loss_with_grad(input, target, size_average=None, reduce=None, reduction=
     (array(1.25), array([-1.,  2.]))
     """
     return _mse_call(input, target, size_average, reduce, reduction, weight, 2).run(
-        True, _given(grad_output), out, "mse_loss_with_grad"
+        True, True, grad_output, out, "mse_loss_with_grad"
     )
 
 
@@ -1023,7 +1004,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     array(0.325)
     """
     return _margin_call(input, target, p, margin, weight, size_average, reduce, reduction,
-                        2).run(True, False, None, "multi_margin_loss")
+                        2).run(True, False, None, None, "multi_margin_loss")
 
 
 @_with_math(_MARGIN_MATH)
@@ -1043,7 +1024,7 @@ def multi_margin_loss_backward(grad_output, input, target, p=1, margin=1.0, weig
     array([[ 0.25,  0.25,  0.25, -0.75]])
     """
     return _margin_call(input, target, p, margin, weight, size_average, reduce, reduction,
-                        2).run(False, _given(grad_output), out, "multi_margin_loss_backward")
+                        2).run(False, True, grad_output, out, "multi_margin_loss_backward")
 
 
 @_with_math(_MARGIN_MATH)
@@ -1062,5 +1043,5 @@ def multi_margin_loss_with_grad(input, target, p=1, margin=1.0, weight=None, siz
     (array(0.1525), array([[ 0.15,  0.2 ,  0.3 , -0.65]]))
     """
     return _margin_call(input, target, p, margin, weight, size_average, reduce, reduction,
-                        2).run(True, _given(grad_output), out, "multi_margin_loss_with_grad")
+                        2).run(True, True, grad_output, out, "multi_margin_loss_with_grad")
 

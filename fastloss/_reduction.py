@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
+from ._arrays import as_array
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -45,3 +49,27 @@ def resolve_reduction(size_average, reduce, reduction, stacklevel: int, extra=()
             f"use one of {valid}"
         )
     return reduction
+
+
+def upstream_per_element(grad_output, loss_shape, func: str) -> np.ndarray:
+    """reduction='none': ``grad_output`` as an array of exactly the loss's shape."""
+    g = as_array(grad_output, "grad_output")
+    if g.shape != tuple(loss_shape):
+        raise ValueError(
+            f"{func}: grad_output has shape {g.shape}, but reduction='none' gives a loss of "
+            f"shape {tuple(loss_shape)}; pass a gradient of that shape"
+        )
+    return g
+
+
+def upstream_scalar(grad_output, reduction: str, func: str) -> float:
+    """'mean' / 'sum': ``grad_output`` as one number (1 when None)."""
+    if grad_output is None:
+        return 1.0
+    g = as_array(grad_output, "grad_output")
+    if g.size != 1:
+        raise ValueError(
+            f"{func}: grad_output has shape {g.shape}, but reduction='{reduction}' gives a "
+            "scalar loss; pass a scalar"
+        )
+    return float(g.reshape(()))
