@@ -18,6 +18,7 @@ from ._arrays import (
     tile_for,
     writable_target,
 )
+from ._kernels_losses import lane_sum
 from ._reduction import resolve_reduction, upstream_per_element, upstream_scalar
 
 __all__ = [
@@ -266,6 +267,87 @@ def _check_extras(lse_square_scale, softcap, return_lse, return_accuracy) -> _Ex
 
 
 # ---------------------------------------------------------------------------------------------
+# The small-call fast path
+
+_INT64 = np.dtype(np.int64).num
+
+
+def _fixed_sum(values: np.ndarray) -> np.float64:
+    """The float64 sum of per-row terms in one fixed order, whatever the thread count (and
+    without NumPy's warnings: inf - inf = NaN is a legitimate loss here, as in torch)."""
+    return np.float64(lane_sum(values, values.shape[0]))
+
+
+def _plain_options(weight, size_average, reduce, label_smoothing, lse_square_scale, softcap,
+                   return_lse, return_accuracy) -> bool:
+    """cross_entropy's options are all at their defaults (the fast path's precondition)."""
+    return (weight is None and size_average is None and reduce is None and softcap is None
+            and type(label_smoothing) in (float, int) and label_smoothing == 0
+            and type(lse_square_scale) in (float, int) and lse_square_scale == 0
+            and return_lse is False and return_accuracy is False)
+
+
+def _plain_rows(cross: bool, input, target, ignore_index, reduction, want_loss, want_grad):
+    """The commonest call, computed without the general path's bookkeeping, or None.
+
+    Takes (N, C) C-contiguous float32/float64 logits with N >= 1, C >= 1, int64 class indices
+    of shape (N,), no weight, no smoothing, no extras, and at least one counted target; every
+    other call (and every call that must raise) returns None and takes the general path, which
+    gives the same bits on this one: the same kernel, the same arguments and the same
+    pairwise float64 sum. A small call then costs a few microseconds of Python, not tens.
+    """
+    if not (type(input) is np.ndarray and type(target) is np.ndarray and input.ndim == 2
+            and target.ndim == 1 and input.dtype.char in "fd" and target.dtype.num == _INT64
+            and input.flags.c_contiguous and target.flags.c_contiguous
+            and type(ignore_index) is int and type(reduction) is str):
+        return None
+    rows, classes = input.shape
+    if rows == 0 or classes == 0 or target.shape[0] != rows or reduction not in _REDUCTIONS:
+        return None
+    ignored, out_of_range = K.count_row_targets(target, classes, ignore_index)
+    counted = rows - ignored
+    if out_of_range or counted == 0:
+        return None
+    weight = np.ones(classes, input.dtype)
+    row_loss = np.empty(rows, dtype=np.float64)
+    upstream, step = _ONE, 0
+    if want_grad:
+        grad = np.empty_like(input)
+        if reduction == "none":
+            upstream, step = np.ones(rows), 1
+        elif reduction == "mean":
+            upstream = np.array([1.0 / counted])
+    else:
+        grad = _NO_GRAD[input.dtype.char]
+    if cross:
+        K.cross_entropy_rows(
+            input.size, rows, input, target, weight, float(classes), ignore_index, 0.0,
+            upstream, step, want_grad, row_loss, _NO_ROWS, grad, None, 0.0, _NO_ROWS,
+            _NO_ROWS, _NO_ROWS,
+        )
+    else:
+        K.nll_rows(
+            input.size, rows, input, target, weight, ignore_index, upstream, step, want_grad,
+            row_loss, grad,
+        )
+    if not want_loss:
+        return grad
+    if reduction == "none":
+        loss = row_loss.astype(input.dtype)
+    else:
+        total = _fixed_sum(row_loss)
+        if reduction == "mean":
+            total = total / np.float64(counted)
+        loss = np.asarray(total, dtype=input.dtype)
+    return (loss, grad) if want_grad else loss
+
+
+_REDUCTIONS = ("mean", "sum", "none")
+_NO_ROWS = np.empty(0, dtype=np.float64)
+_NO_GRAD = {"f": np.empty((0, 0), np.float32), "d": np.empty((0, 0), np.float64)}
+
+
+# ---------------------------------------------------------------------------------------------
 # Kernel runs
 
 
@@ -369,11 +451,10 @@ def _reduce(problem: _Problem, terms) -> np.ndarray:
             if row_z.size:
                 row_loss = row_loss + row_z
             return row_loss.astype(problem.dtype).reshape(problem.loss_shape)
-        # np.sum is pairwise in a fixed order: identical for any thread count. torch negates
-        # a sum for probability targets, so their empty sum is -0.0.
-        total = -np.sum(-row_loss) if problem.probabilities else np.sum(row_loss)
-        smooth = None if row_smooth is None else np.sum(row_smooth)
-        z_loss = np.sum(row_z) if row_z.size else None
+        # torch negates a sum for probability targets, so their empty sum is -0.0.
+        total = -_fixed_sum(-row_loss) if problem.probabilities else _fixed_sum(row_loss)
+        smooth = None if row_smooth is None else _fixed_sum(row_smooth)
+        z_loss = _fixed_sum(row_z) if row_z.size else None
         if problem.reduction == "mean":
             denominator = np.float64(problem.denominator())
             total = total / denominator
@@ -487,6 +568,10 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     >>> fl.nll_loss(log_probs, np.array([0, 1]))
     array(0.28990925)
     """
+    if weight is None and size_average is None and reduce is None:
+        loss = _plain_rows(False, input, target, ignore_index, reduction, True, False)
+        if loss is not None:
+            return loss
     return _forward("nll_loss", False, input, target, weight, size_average, ignore_index,
                     reduce, reduction, 0.0)
 
@@ -553,6 +638,11 @@ def nll_loss_with_grad(input, target, weight=None, size_average=None, ignore_ind
     >>> loss, grad
     (array(0.69314718), array([[ 0., -1.]]))
     """
+    if weight is None and size_average is None and reduce is None and grad_output is None \
+            and out is None:
+        result = _plain_rows(False, input, target, ignore_index, reduction, True, True)
+        if result is not None:
+            return result
     return _value_and_grad("nll_loss", False, True, grad_output, out, input, target, weight,
                            size_average, ignore_index, reduce, reduction, 0.0)
 
@@ -641,6 +731,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     >>> fl.cross_entropy(logits, np.array([2, 1, 0]))
     array(1.40760596)
     """
+    if _plain_options(weight, size_average, reduce, label_smoothing, lse_square_scale, softcap,
+                      return_lse, return_accuracy):
+        loss = _plain_rows(True, input, target, ignore_index, reduction, True, False)
+        if loss is not None:
+            return loss
     extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)
     return _forward("cross_entropy", True, input, target, weight, size_average, ignore_index,
                     reduce, reduction, label_smoothing, extras)
@@ -737,6 +832,12 @@ def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignor
     >>> lse.round(4), correct
     (array([3.4002, 3.4002, 3.4002]), array([1., 0., 0.]))
     """
+    if grad_output is None and out is None and _plain_options(
+            weight, size_average, reduce, label_smoothing, lse_square_scale, softcap,
+            return_lse, return_accuracy):
+        result = _plain_rows(True, input, target, ignore_index, reduction, True, True)
+        if result is not None:
+            return result
     extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)
     return _value_and_grad("cross_entropy", True, True, grad_output, out, input, target,
                            weight, size_average, ignore_index, reduce, reduction,

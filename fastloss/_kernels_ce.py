@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import jit, kernel
+from ._config import inline, jit, kernel
 from ._kernels_softmax import (
     BLOCK,
     _fill_row_nan,
@@ -94,7 +94,7 @@ def _weighted_gap_row(x, r, weight, m):
     return total
 
 
-@jit
+@inline
 def _nll_term(m, x_t, log_s):
     """lse - x_t as (m - x_t) + log s in float64: m + log s would round log s away."""
     return add_exact(sub_exact(np.float64(m), np.float64(x_t)), log_s)
@@ -126,7 +126,7 @@ def _target_sums_row(x, rx, y, ry, weight, keep, uniform, m):
     return a, b
 
 
-@jit
+@inline
 def _target_entry(others, scale, p_t, per_class, w_t, nll_coef, z_coef, slope_t, softcap):
     """The gradient at the target class.
 
@@ -145,7 +145,30 @@ def _target_entry(others, scale, p_t, per_class, w_t, nll_coef, z_coef, slope_t,
     return direct
 
 
-@jit
+@inline
+def _overlap(a, b):
+    """Whether the memory of 1-d views a and b overlaps."""
+    a0, b0 = a.ctypes.data, b.ctypes.data
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
+@inline
+def _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad):
+    """gb = (scale * p - per_class * w) * slope over one block, p = exp(x - m - log s)."""
+    wide_vectors()
+    if per_class != 0.0:
+        for j in range(xb.shape[0]):
+            v = load(xb[j])
+            p = exp_out(log_prob(v, m, log_s))
+            gb[j] = store((scale * p - per_class * wb[j]) * cap_slope(v, softcap), grad)
+    else:
+        for j in range(xb.shape[0]):
+            v = load(xb[j])
+            p = exp_out(log_prob(v, m, log_s))
+            gb[j] = store(scale * p * cap_slope(v, softcap), grad)
+
+
+@inline
 def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row, softcap):
     """grad[g_row, c] = (scale * p_c - per_class * w_c) * slope_c for every c, from row r of
     x, which holds the capped logits when there is a softcap (slope 1 without one); returns
@@ -156,26 +179,22 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row
     classes = xr.shape[0]
     zero = const(x, 0.0)
     others = 0.0
-    # Each block is first copied (from L1) into a buffer of its own: when grad is x itself
-    # (in-place use), a loop that reads x and writes grad fails LLVM's runtime overlap check
-    # and runs its scalar version, three times slower.
-    block = np.full(min(BLOCK, classes), zero)  # the compute type
+    # When grad is x itself (in-place use), a loop that reads x and writes grad fails LLVM's
+    # runtime overlap check and runs its scalar version, three times slower: each block is
+    # then first copied (from L1) into a buffer of its own. Otherwise the buffer, whose
+    # allocation costs more than a short row's whole gradient, is not made.
+    aliased = _overlap(xr, gr)
+    block = np.full(min(BLOCK, classes) if aliased else 0, zero)  # the compute type
     for b0 in range(0, classes, BLOCK):
         b1 = min(b0 + BLOCK, classes)
         xb, gb, wb = xr[b0:b1], gr[b0:b1], weight[b0:b1]
-        vb = block[: b1 - b0]
-        for j in range(xb.shape[0]):
-            vb[j] = load(xb[j])
-        if per_class != zero:
-            for j in range(vb.shape[0]):
-                v = vb[j]
-                p = exp_out(log_prob(v, m, log_s))
-                gb[j] = store((scale * p - per_class * wb[j]) * cap_slope(v, softcap), grad)
+        if aliased:
+            vb = block[: b1 - b0]
+            for j in range(xb.shape[0]):
+                vb[j] = load(xb[j])
+            _gradient_block(vb, gb, wb, m, log_s, scale, per_class, softcap, grad)
         else:
-            for j in range(vb.shape[0]):
-                v = vb[j]
-                p = exp_out(log_prob(v, m, log_s))
-                gb[j] = store(scale * p * cap_slope(v, softcap), grad)
+            _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad)
         # Summed in a loop of its own, from the block just written (in L1): in the loop that
         # stores, LLVM's runtime alias check would pick vector or scalar summation order by
         # the arrays' addresses, and the last bit would change from call to call.
@@ -212,6 +231,21 @@ def _argmax(values, m, regular):
         if v > best_value:
             best, best_value = j, v
     return best
+
+
+@jit
+def count_row_targets(target, classes, ignore_index):
+    """(how many targets equal ignore_index, whether any other is outside [0, classes)): the
+    validation of the small-call fast path, in one pass and one dispatch."""
+    ignored = 0
+    out_of_range = False
+    for r in range(target.shape[0]):
+        t = target[r]
+        if t == ignore_index:
+            ignored += 1
+        elif t < 0 or t >= classes:
+            out_of_range = True
+    return ignored, out_of_range
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import jit, kernel
+from ._config import inline, jit, kernel
 from ._math import (
     add_exact,
     const,
@@ -54,7 +54,7 @@ BLOCK = 512
 # Row layout helpers
 
 
-@jit
+@inline
 def _row_state(x, r, start, stop):
     """(max, float64 sum of exp(x - max)) of x[r, start:stop], reading it from memory once."""
     wide_vectors()
@@ -121,7 +121,7 @@ def _special_lse_row(x, r):
     return result
 
 
-@jit
+@inline
 def _row_lse(x, r):
     m, s = _row_state(x, r, 0, x.shape[1])
     if _is_regular(m, s):

@@ -49,18 +49,31 @@ def _run_lse(x3: np.ndarray, out2: np.ndarray) -> None:
         return
     xs, os_ = storage(x3), storage(out2)
     if inner == 1:
-        rows = xs.reshape(outer, channels)
-        flat_out = os_.reshape(outer)
-        # The choice depends on the shape only, never on the thread count, so results are
-        # bitwise the same with any number of threads.
-        if outer < K.SPLIT_MAX_ROWS and channels >= 2 * K.SPLIT_CHUNK:
-            K.lse_rows_split.run_parallel(rows, flat_out, K.SPLIT_CHUNK)
-        else:
-            K.lse_rows(rows.size, outer, rows, flat_out)
+        _run_lse_rows(xs.reshape(outer, channels), os_.reshape(outer))
     else:
         tile = tile_for(channels, x3.dtype, inner)
         items = outer * (-(-inner // tile))
         K.lse_strided(x3.size, items, xs, os_, tile)
+
+
+def _run_lse_rows(rows: np.ndarray, flat_out: np.ndarray) -> None:
+    outer, channels = rows.shape
+    # The choice depends on the shape only, never on the thread count, so results are
+    # bitwise the same with any number of threads.
+    if outer < K.SPLIT_MAX_ROWS and channels >= 2 * K.SPLIT_CHUNK:
+        K.lse_rows_split.run_parallel(rows, flat_out, K.SPLIT_CHUNK)
+    else:
+        K.lse_rows(rows.size, outer, rows, flat_out)
+
+
+def _plain_rows(input, dim) -> bool:
+    """The commonest call: a non-empty C-contiguous (N, C) float32/float64 array over its
+    last dim. It needs none of the general path's checks and views (it passes them all, and
+    the general path would run the same kernel on the same arrays), so small calls skip
+    them."""
+    return (type(input) is np.ndarray and input.ndim == 2 and type(dim) is int
+            and (dim == 1 or dim == -1) and input.dtype.char in "fd"
+            and input.flags.c_contiguous and input.size > 0)
 
 
 def _run_softmax(x3: np.ndarray, y3: np.ndarray, log: bool) -> None:
@@ -176,6 +189,10 @@ def logsumexp(input, dim, keepdim=False):
     >>> fl.logsumexp(np.array([[0.0, 0.0], [1.0, -np.inf]]), dim=1)
     array([0.69314718, 1.        ])
     """
+    if not keepdim and _plain_rows(input, dim):
+        out = np.empty(input.shape[0], input.dtype)
+        _run_lse_rows(input, out)
+        return out
     x = promote_to_float(as_array(input, "input"))
     dims = normalize_dims(dim, x.ndim)
     result = _lse_reduce(x, dims, x.dtype)
@@ -351,6 +368,10 @@ def softmax(input, dim=None, _stacklevel=3, dtype=None):
     >>> fl.softmax(np.array([1.0, 2.0, 3.0]), dim=0)
     array([0.09003057, 0.24472847, 0.66524096])
     """
+    if dtype is None and _plain_rows(input, dim):
+        out = np.empty_like(input)
+        K.softmax_rows(input.size, input.shape[0], input, out, False)
+        return out
     x, d, _ = _prepare(input, dim, dtype, "softmax", _stacklevel + 1)
     return _softmax_forward(x, d, log=False)
 
@@ -387,6 +408,10 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     >>> fl.log_softmax(np.array([[1.0, 2.0, 3.0]]), dim=1)
     array([[-2.40760596, -1.40760596, -0.40760596]])
     """
+    if dtype is None and _plain_rows(input, dim):
+        out = np.empty_like(input)
+        K.softmax_rows(input.size, input.shape[0], input, out, True)
+        return out
     x, d, _ = _prepare(input, dim, dtype, "log_softmax", _stacklevel + 1)
     return _softmax_forward(x, d, log=True)
 
