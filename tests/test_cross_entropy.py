@@ -1930,3 +1930,50 @@ def test_float32_at_least_as_accurate_as_torch(torch, case):
                     f"{torch_error:.3g} + 1e-7 max|ref| = {bound:.3g}"
                 )
     assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------------
+# The small-call fast path (plain C-contiguous (N, C) float rows, int64 targets, no options)
+# must give the general path's bits: the general path takes the same call made with a
+# Fortran-ordered copy of the logits and int32 targets.
+
+
+@pytest.mark.parametrize("func", FUNCS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 1000), (300, 130)])
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+def test_fast_path_matches_general_path(func, reduction, dtype, shape, ignore_index):
+    rng = np.random.default_rng(zlib.crc32(f"{func}{reduction}{shape}".encode()))
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x[0, 0] = -INF  # a masked logit takes the fast path too
+    t = rng.integers(0, shape[1], shape[0])
+    t[::3] = ignore_index if ignore_index < shape[1] else t[::3]
+    general_x, general_t = np.asfortranarray(x), t.astype(np.int32)
+    forward, with_grad = getattr(fl, func), getattr(fl, func + "_with_grad")
+    kwargs = {"reduction": reduction, "ignore_index": ignore_index}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither path may warn on a NaN/inf loss
+        loss = forward(x, t, **kwargs)
+        fused_loss, grad = with_grad(x, t, **kwargs)
+    np.testing.assert_array_equal(loss, forward(general_x, general_t, **kwargs))
+    want_loss, want_grad = with_grad(general_x, general_t, **kwargs)
+    np.testing.assert_array_equal(fused_loss, want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+    assert loss.dtype == want_loss.dtype == dtype and grad.flags.c_contiguous
+    check_reference(func, x, t, **kwargs)
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_fast_path_errors_are_the_general_paths(func):
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(IndexError, match="Target 3 is out of bounds for 3 classes"):
+        getattr(fl, func)(x, np.array([0, 1, 2, 3]))
+    with pytest.raises(IndexError, match="Target -1 is out of bounds"):
+        getattr(fl, func + "_with_grad")(x, np.array([0, -1, 2, 2]))
+    with pytest.raises(ValueError, match="Expected input batch_size"):
+        getattr(fl, func)(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="not a valid value for reduction"):
+        getattr(fl, func)(x, np.array([0, 1, 2, 2]), reduction="avg")
+    # Every target ignored: 'mean' is 0 / 0, as torch.
+    assert np.isnan(getattr(fl, func)(x, np.full(4, -100)))
