@@ -40,8 +40,9 @@ IMPLEMENTATIONS = (
     "scipy",
     "roofline-read",
     "roofline-rw",
+    "roofline-rw-fresh",
 )
-ROOFLINES = ("roofline-read", "roofline-rw")
+ROOFLINES = ("roofline-read", "roofline-rw", "roofline-rw-fresh")
 
 
 @dataclasses.dataclass

@@ -1,18 +1,21 @@
 """Memory-bandwidth ceilings, measured in the same run as the kernels they bound.
 
 A softmax-family kernel on a large array cannot run faster than the memory system can stream
-its bytes. Two parallel probes measure that limit on the benchmark's own array, with the
+its bytes. Three parallel probes measure that limit on the benchmark's own array, with the
 package's own Numba options, so "% of roofline" compares numbers taken seconds apart on the
 same machine state (this VM's bandwidth varies 2x between runs: kernel-notes.md):
 
 * ``read_probe(x)``: a parallel sum over rows of ``CHUNK`` elements (read bandwidth), the
   ceiling of reductions such as logsumexp;
 * ``rw_probe(x)``: a parallel scale-copy ``out = 2 * x`` into a preallocated array (read +
-  write bandwidth), the ceiling of kernels that write an array as large as their input.
+  write bandwidth), the ceiling of kernels that write an array as large as their input;
+* ``rw_fresh_probe(x)``: the same copy into a new array each call, the ceiling of a function
+  that returns a new array as large as its input (it pays the page faults torch pays too).
 
-Both return ``(run, nbytes)``: a zero-argument callable for the timer and the bytes one call
-moves. The write target is allocated once, so the copy's ceiling excludes the page faults a
-fresh output costs; fastloss pays those, which is part of what "% of roofline" shows.
+Each returns ``(run, nbytes)``: a zero-argument callable for the timer and the bytes one call
+moves. "% of roofline" is taken against ``rw_probe``, whose write target is allocated once:
+its ceiling excludes the page faults a fresh output costs. fastloss (like torch) pays those
+when it returns a new array; ``rw_fresh_probe`` shows how much of the gap they explain.
 """
 
 from __future__ import annotations
@@ -89,4 +92,23 @@ def rw_probe(x: np.ndarray):
     return run, 2 * v.nbytes
 
 
-PROBES = {"roofline-read": read_probe, "roofline-rw": rw_probe}
+def rw_fresh_probe(x: np.ndarray):
+    """(run, nbytes) of ``rw_probe`` into a freshly allocated output, as a function that
+    returns a new array (softmax, a fused gradient) must write: the operating system zeroes
+    each new page on its first touch, which on some machines costs as much as the write."""
+    v = _words(x)
+    factor = v.dtype.type(2)
+
+    def run():
+        out = np.empty_like(v)
+        _scale_copy(v, CHUNK, factor, out)
+        return out
+
+    return run, 2 * v.nbytes
+
+
+PROBES = {
+    "roofline-read": read_probe,
+    "roofline-rw": rw_probe,
+    "roofline-rw-fresh": rw_fresh_probe,
+}

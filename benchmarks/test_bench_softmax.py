@@ -8,7 +8,8 @@ Every case x its ``bench_shapes`` x dtype (float32, float64) is one benchmark gr
 * ``numpy``: ``fastloss.reference`` on the same dtype, the NumPy baseline;
 * ``torch``: the registry's torch equivalent with as many threads as Numba (when importable);
 * ``scipy``: ``scipy.special`` for logsumexp/softmax/log_softmax (when importable);
-* ``roofline-read`` / ``roofline-rw``: the memory-bandwidth ceilings (``roofline.py``).
+* ``roofline-read`` / ``roofline-rw`` / ``roofline-rw-fresh``: the memory-bandwidth ceilings
+  (``roofline.py``).
 
 Each forward group has a backward twin, ``"<function>_backward|..."``, timing fastloss's
 ``<name>_backward`` against the reference's and torch autograd (forward + backward). Two
