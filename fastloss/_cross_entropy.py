@@ -18,6 +18,7 @@ from ._arrays import (
     tile_for,
     writable_target,
 )
+from ._config import PARALLEL_MIN_ELEMENTS
 from ._kernels_losses import lane_sum
 from ._reduction import resolve_reduction, upstream_per_element, upstream_scalar
 
@@ -308,7 +309,6 @@ def _plain_rows(cross: bool, input, target, ignore_index, reduction, want_loss, 
     counted = rows - ignored
     if out_of_range or counted == 0:
         return None
-    weight = np.ones(classes, input.dtype)
     row_loss = np.empty(rows, dtype=np.float64)
     upstream, step = _ONE, 0
     if want_grad:
@@ -319,13 +319,18 @@ def _plain_rows(cross: bool, input, target, ignore_index, reduction, want_loss, 
             upstream = np.array([1.0 / counted])
     else:
         grad = _NO_GRAD[input.dtype.char]
-    if cross:
+    args = (input, target, ignore_index, upstream, step, want_grad, row_loss, grad)
+    if rows < 2 or input.size < PARALLEL_MIN_ELEMENTS:  # the Kernel's own serial choice
+        (K.cross_entropy_rows_plain if cross else K.nll_rows_plain)(*args)
+    elif cross:
+        weight = np.ones(classes, input.dtype)
         K.cross_entropy_rows(
             input.size, rows, input, target, weight, float(classes), ignore_index, 0.0,
             upstream, step, want_grad, row_loss, _NO_ROWS, grad, None, 0.0, _NO_ROWS,
             _NO_ROWS, _NO_ROWS,
         )
     else:
+        weight = np.ones(classes, input.dtype)
         K.nll_rows(
             input.size, rows, input, target, weight, ignore_index, upstream, step, want_grad,
             row_loss, grad,
