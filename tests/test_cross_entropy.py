@@ -1977,3 +1977,38 @@ def test_fast_path_errors_are_the_general_paths(func):
         getattr(fl, func)(x, np.array([0, 1, 2, 2]), reduction="avg")
     # Every target ignored: 'mean' is 0 / 0, as torch.
     assert np.isnan(getattr(fl, func)(x, np.full(4, -100)))
+
+
+@pytest.mark.parametrize(
+    "case", ["plain", "options", "spatial", "probabilities", "backward"],
+)
+def test_in_place_gradient_allocates_no_n_by_c_array(case):
+    """cross_entropy_with_grad(..., out=input) needs O(N) extra memory: per-row terms, never
+    an N x C temporary (tracemalloc sees every NumPy allocation of the Python layer)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    shape = (4, 50, 64, 40) if case == "spatial" else (4096, 500)
+    x = rng.standard_normal(shape).astype(np.float32)
+    rows = x.size // shape[1]
+    if case == "probabilities":
+        t = rng.dirichlet(np.ones(shape[1]), shape[0]).astype(np.float32)
+    else:
+        t = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    kwargs = {}
+    if case == "options":
+        kwargs = {"weight": rng.random(shape[1]), "label_smoothing": 0.1, "ignore_index": 3}
+    expected = fl.cross_entropy_with_grad(x.copy(), t, **kwargs)
+    tracemalloc.start()
+    try:
+        if case == "backward":
+            result = fl.cross_entropy_backward(1.0, x, t, out=x, **kwargs)
+        else:
+            result = fl.cross_entropy_with_grad(x, t, out=x, **kwargs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grad = result if case == "backward" else result[1]
+    assert grad is x
+    np.testing.assert_array_equal(grad, expected[1])
+    assert peak <= 64 * rows + 256 * 1024, (peak, x.nbytes)  # x is 8 MB; rows take 64 B each
