@@ -54,7 +54,9 @@ from ._math import (
     capped_row,
     capped_tile,
     const,
+    capped,
     exp_out,
+    fmax,
     load,
     log_pos,
     log_prob,
@@ -307,6 +309,164 @@ def cross_entropy_rows(
             others, scale, p_t, per_class, weight[t], nll_coef, z_coef, slope_t, softcap
         )
         grad[r, t] = store(entry, grad)
+
+
+# Rows per work item of cross_entropy_capped_rows: each item allocates its scratch rows once.
+CAPPED_CHUNK = 16
+
+
+@jit
+def _capped_state(x, r, softcap, scratch):
+    """Caps row r of x into scratch[0] and stores exp(capped - shift) into scratch[1]; returns
+    (max, shift, float64 sum of exp(capped - shift), first block holding the max).
+
+    Capped logits lie in [-c, c], so shift = c needs no running max: while exp(-2c) is a
+    normal number (c <= 43 in float32) no term underflows, the gradient pass reads p = e / s
+    from scratch instead of evaluating a second exp, and capping, the exponentials, the max
+    and the sum take one pass over the row. Larger caps shift by the max in a second pass.
+    """
+    wide_vectors()
+    row, values, exps = x[r], scratch[0], scratch[1]
+    classes = row.shape[0]
+    c = const(x, softcap)
+    zero = const(x, 0.0)
+    neg_inf = const(x, -np.inf)
+    fixed = exp_out(-(c + c)) > zero
+    m = neg_inf
+    m_block = 0
+    s = 0.0
+    for b0 in range(0, classes, BLOCK):
+        b1 = min(b0 + BLOCK, classes)
+        xb, vb, eb = row[b0:b1], values[b0:b1], exps[b0:b1]
+        bm = neg_inf
+        for j in range(xb.shape[0]):
+            v = capped(load(xb[j]), softcap)
+            vb[j] = v
+            bm = fmax(bm, v)
+        if fixed:
+            acc = zero
+            for j in range(vb.shape[0]):
+                e = exp_out(vb[j] - c)
+                eb[j] = e
+                acc = radd(acc, e)
+            s += acc
+        if bm > m:
+            m, m_block = bm, b0
+    if fixed:
+        return m, c, s, m_block
+    for b0 in range(0, classes, BLOCK):
+        b1 = min(b0 + BLOCK, classes)
+        vb, eb = values[b0:b1], exps[b0:b1]
+        acc = zero
+        for j in range(vb.shape[0]):
+            e = exp_out(vb[j] - m)  # all NaN: m = -inf, and NaN - -inf stays NaN
+            eb[j] = e
+            acc = radd(acc, e)
+        s += acc
+    return m, m, s, m_block
+
+
+@jit
+def _write_capped_gradient_row(scratch, scale_s, per_class, weight, grad, r, softcap):
+    """grad[r, c] = (scale_s * e_c - per_class * w_c) * slope_c from the capped logits and
+    exponentials in scratch (scale_s already divided by the sum). The input row is not read:
+    grad may be the input (in-place use)."""
+    wide_vectors()
+    values, exps, gr = scratch[0], scratch[1], grad[r]
+    classes = values.shape[0]
+    zero = const(scratch, 0.0)
+    for b0 in range(0, classes, BLOCK):
+        b1 = min(b0 + BLOCK, classes)
+        vb, eb, gb, wb = values[b0:b1], exps[b0:b1], gr[b0:b1], weight[b0:b1]
+        if per_class != zero:
+            for j in range(vb.shape[0]):
+                d = (scale_s * eb[j] - per_class * wb[j]) * cap_slope(vb[j], softcap)
+                gb[j] = store(d, grad)
+        else:
+            for j in range(vb.shape[0]):
+                gb[j] = store(scale_s * eb[j] * cap_slope(vb[j], softcap), grad)
+
+
+@kernel
+def cross_entropy_capped_rows(
+    x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
+    row_loss, row_smooth, grad, softcap, z_scale, row_z, row_lse, row_correct,
+):
+    """cross_entropy_rows with a softcap (a float): the same arguments and results.
+
+    Work items are CAPPED_CHUNK rows sharing one scratch allocation (capped logits and their
+    exponentials); see _capped_state. The target's gradient entry is torch's direct formula
+    times its slope, so no pass sums the others.
+    """
+    wide_vectors()
+    rows, classes = x.shape
+    smoothing = eps > 0.0
+    want_z = row_z.shape[0] > 0
+    want_lse = row_lse.shape[0] > 0
+    want_correct = row_correct.shape[0] > 0
+    chunk = min(CAPPED_CHUNK, max(1, rows // (2 * CAPPED_CHUNK)))
+    for w in prange((rows + chunk - 1) // chunk):
+        wide_vectors()
+        scratch = np.full((2, classes), const(x, 0.0))  # the compute type
+        for r in range(w * chunk, min(w * chunk + chunk, rows)):
+            t = target[r]
+            ignored = t == ignore_index or t < 0 or t >= classes
+            if want_correct and ignored:
+                row_correct[r] = np.nan
+            if ignored and not want_grad and not want_lse:
+                row_loss[r] = 0.0
+                if smoothing:
+                    row_smooth[r] = 0.0
+                if want_z:
+                    row_z[r] = 0.0
+                continue
+            m, shift, s, m_block = _capped_state(x, r, softcap, scratch)
+            # No NaN: every capped logit is finite, and s >= exp(min(m - shift, -2c)) > 0.
+            regular = s == s and s > 0.0
+            log_s = log_pos(s) if regular else 0.0
+            lse = np.float64(shift) + log_s
+            if want_lse:
+                row_lse[r] = lse if regular else _special_lse_row(scratch, 0)
+            if want_correct and not ignored:
+                if regular:
+                    # The first maximum is in the block where the running max last rose.
+                    block = scratch[0, m_block : min(m_block + BLOCK, classes)]
+                    predicted = m_block + _argmax(block, m, True)
+                else:
+                    predicted = _argmax(scratch[0], m, False)
+                row_correct[r] = 1.0 if predicted == t else 0.0
+            if ignored or not regular:
+                value = 0.0 if ignored else np.nan
+                row_loss[r] = value
+                if smoothing:
+                    row_smooth[r] = value
+                if want_z:
+                    row_z[r] = value
+                if want_grad:
+                    if regular:
+                        _zero_row(grad, r)
+                    else:
+                        _fill_row_nan(grad, r)
+                continue
+            w_t = np.float64(weight[t])
+            v_t = scratch[0, t]
+            row_loss[r] = w_t * _nll_term(shift, v_t, log_s)
+            if smoothing:
+                row_smooth[r] = _weighted_gap_row(scratch, 0, weight, shift) + weight_sum * log_s
+            if want_z:
+                row_z[r] = z_scale * lse * lse
+            if not want_grad:
+                continue
+            g = np.float64(load(upstream[r * upstream_step]))
+            z_coef = 2.0 * g * z_scale * lse if want_z else 0.0
+            scale = g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef
+            scale_s = const(x, scale / s)
+            # Not g * 0 without smoothing: an infinite g (zero weight sum) must not make it NaN.
+            per_class = const(x, g * eps / classes if smoothing else 0.0)
+            _write_capped_gradient_row(scratch, scale_s, per_class, weight, grad, r, softcap)
+            nll_coef = const(x, g * (1.0 - eps) * w_t)
+            entry = scale_s * scratch[1, t] - per_class * weight[t] - nll_coef
+            grad[r, t] = store(entry * cap_slope(v_t, softcap), grad)
 
 
 @kernel
