@@ -424,3 +424,27 @@ def test_tanh_series_constants_are_the_bernoulli_formula():
     for n, constant in enumerate(TANH_SERIES, start=1):
         exact = 4**n * (4**n - 1) * bernoulli[2 * n] / factorial(2 * n)
         assert constant == float(exact), n
+
+
+def test_float32_tanh_is_within_5_ulp_and_never_beyond_one():
+    from fastloss._math import tanh_any
+
+    @numba.njit
+    def run(u, out):
+        for j in range(u.shape[0]):
+            out[j] = tanh_any(u[j])
+
+    u = np.concatenate(
+        [np.linspace(0, 12, 400001), np.geomspace(1e-30, 1, 100001), [1e-40, 9.05, 9.1, 1e30]]
+    ).astype(np.float32)
+    u = np.concatenate([u, -u])
+    got = np.empty_like(u)
+    run(u, got)
+    want = np.tanh(u.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - want) / ulp) <= 5.0
+    assert np.all(np.abs(got) <= 1.0)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
+    out = np.empty_like(special)
+    run(special, out)
+    np.testing.assert_array_equal(out, [1.0, -1.0, np.nan, 0.0, 0.0])  # nsz: the sign of 0 is free
