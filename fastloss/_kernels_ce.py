@@ -51,10 +51,10 @@ from ._kernels_softmax import (
 from ._math import (
     add_exact,
     cap_slope,
+    capped,
     capped_row,
     capped_tile,
     const,
-    capped,
     exp_out,
     fmax,
     load,

@@ -690,8 +690,8 @@ TANH_SERIES = (
 _TANH_SMALL = 0.4
 _TANH64 = tuple(reversed(TANH_SERIES))
 
-# float32: one rational function, tanh(a) = a P(a^2) / Q(a^2) on [0, 9.1], and 1 above (1 is
-# float32's tanh from 9.02 on), at most 1. Evaluating the series and the exp branch both, then selecting,
+# float32: one rational function, tanh(a) = a P(a^2) / Q(a^2) on [0, 9.1] and at most 1, then 1
+# (float32's tanh from 9.02 on). Evaluating the series and the exp branch both, then selecting,
 # cost twice as much (the softcap pass ran at 1.2 G/s per core, now 2.2). Relative minimax fit
 # (linearized least squares with Lawson weights, float64) of degrees 6 / 3 in a^2: fit error
 # 8e-9; evaluated in float32, <= 5 ulp (3e-7 absolute, near 1) and 0.43 ulp on average.
