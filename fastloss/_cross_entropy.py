@@ -407,7 +407,9 @@ def _run(problem: _Problem, want_grad: bool, upstream, step, grad3, cross: bool)
                 row_loss, g2, *more,
             )
         elif cross:
-            K.cross_entropy_rows(
+            capped = extras.softcap is not None
+            rows_kernel = K.cross_entropy_capped_rows if capped else K.cross_entropy_rows
+            rows_kernel(
                 work, outer, x2, problem.target.reshape(outer), problem.weight,
                 problem.weight_sum, problem.ignore_index, problem.eps, upstream, step,
                 want_grad, row_loss, row_smooth, g2, *more,

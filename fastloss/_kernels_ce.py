@@ -51,10 +51,12 @@ from ._kernels_softmax import (
 from ._math import (
     add_exact,
     cap_slope,
+    capped,
     capped_row,
     capped_tile,
     const,
     exp_out,
+    fmax,
     load,
     log_pos,
     log_prob,
@@ -212,13 +214,14 @@ def _argmax(values, m, regular):
     maximum is ``m`` and there is no NaN (the row's state is regular)."""
     wide_vectors()
     if regular:
-        # Blocks are tested with a vectorized count before one is scanned element by element.
+        # Blocks are tested by their maximum (a vectorized reduction, 1.3x faster than counting
+        # the hits) before one is scanned element by element.
         for b0 in range(0, values.shape[0], BLOCK):
             block = values[b0 : min(b0 + BLOCK, values.shape[0])]
-            hits = 0
+            bm = const(values, -np.inf)
             for j in range(block.shape[0]):
-                hits += load(block[j]) == m
-            if hits:
+                bm = fmax(bm, load(block[j]))
+            if bm == m:
                 for j in range(block.shape[0]):
                     if load(block[j]) == m:
                         return b0 + j
@@ -341,6 +344,196 @@ def cross_entropy_rows(
             others, scale, p_t, per_class, weight[t], nll_coef, z_coef, slope_t, softcap
         )
         grad[r, t] = store(entry, grad)
+
+
+# Rows per work item of cross_entropy_capped_rows: each item allocates its scratch once.
+CAPPED_CHUNK = 16
+
+
+@jit
+def _cap_block(x, r, b0, b1, scratch, softcap, fixed):
+    """Caps x[r, b0:b1] into scratch[0, b0:b1] and, with the fixed shift c (see _capped_pass),
+    stores exp(capped - c) into scratch[1, b0:b1]; -> (block max, block sum)."""
+    wide_vectors()
+    xb, vb, eb = x[r, b0:b1], scratch[0, b0:b1], scratch[1, b0:b1]
+    c = const(x, softcap)
+    bm = const(x, -np.inf)
+    for j in range(xb.shape[0]):
+        v = capped(load(xb[j]), softcap)
+        vb[j] = v
+        bm = fmax(bm, v)
+    acc = const(x, 0.0)
+    if fixed:
+        # A loop of its own: fused into the one above, LLVM vectorizes it worse (1.25x slower).
+        for j in range(vb.shape[0]):
+            e = exp_out(vb[j] - c)
+            eb[j] = e
+            acc = radd(acc, e)
+    return bm, acc
+
+
+@jit
+def _write_capped_gradient_block(cur, b0, b1, scale_s, per_class, weight, grad, r, softcap):
+    """grad[r, b0:b1] = (scale_s * e - per_class * w) * slope from the capped logits and
+    exponentials of row r in cur (scale_s already divided by the sum)."""
+    wide_vectors()
+    vb, eb, gb, wb = cur[0, b0:b1], cur[1, b0:b1], grad[r, b0:b1], weight[b0:b1]
+    if per_class != const(cur, 0.0):
+        for j in range(vb.shape[0]):
+            d = (scale_s * eb[j] - per_class * wb[j]) * cap_slope(vb[j], softcap)
+            gb[j] = store(d, grad)
+    else:
+        for j in range(vb.shape[0]):
+            gb[j] = store(scale_s * eb[j] * cap_slope(vb[j], softcap), grad)
+
+
+@jit
+def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad, r):
+    """One pass over the columns that writes the gradient of row r (r >= 0) from cur and
+    caps row r_next of x (r_next >= 0) into nxt; -> r_next's (max, shift, float64 sum of
+    exp(capped - shift), first block holding the max).
+
+    Capped logits lie in [-c, c], so shift = c needs no running max: while exp(-2c) is a
+    normal number (c <= 43 in float32) no term underflows, the gradient reads p = e / s from
+    scratch instead of evaluating a second exp, and the capping, the exponentials, the max
+    and the sum take one pass over the row. Larger caps shift by the max in a second pass.
+
+    Both at once, block by block, because the gradient is bound by memory (its stores) and
+    the capping by arithmetic: interleaved, each hides the other. The input row r is not
+    read, so grad may be the input (in-place use); every state comes from this one function,
+    so a row's bits do not depend on whether it was capped alongside another row's gradient.
+    """
+    wide_vectors()
+    classes = x.shape[1]
+    c = const(x, softcap)
+    neg_inf = const(x, -np.inf)
+    fixed = exp_out(-(c + c)) > const(x, 0.0)
+    m = neg_inf
+    m_block = 0
+    s = 0.0
+    for b0 in range(0, classes, BLOCK):
+        b1 = min(b0 + BLOCK, classes)
+        if r >= 0:
+            _write_capped_gradient_block(cur, b0, b1, scale_s, per_class, weight, grad, r, softcap)
+        if r_next >= 0:
+            bm, acc = _cap_block(x, r_next, b0, b1, nxt, softcap, fixed)
+            s += acc
+            if bm > m:
+                m, m_block = bm, b0
+    if fixed or r_next < 0:
+        return m, c, s, m_block
+    values, exps = nxt[0], nxt[1]
+    for b0 in range(0, classes, BLOCK):
+        b1 = min(b0 + BLOCK, classes)
+        vb, eb = values[b0:b1], exps[b0:b1]
+        acc = const(x, 0.0)
+        for j in range(vb.shape[0]):
+            e = exp_out(vb[j] - m)  # all NaN: m = -inf, and NaN - -inf stays NaN
+            eb[j] = e
+            acc = radd(acc, e)
+        s += acc
+    return m, m, s, m_block
+
+
+@kernel
+def cross_entropy_capped_rows(
+    x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
+    row_loss, row_smooth, grad, softcap, z_scale, row_z, row_lse, row_correct,
+):
+    """cross_entropy_rows with a softcap (a float): the same arguments and results.
+
+    Work items are CAPPED_CHUNK rows sharing one scratch allocation: two rows of capped
+    logits and their exponentials, so the next row is capped while this row's gradient is
+    written (_capped_pass). The target's gradient entry is torch's direct formula times its
+    slope, so no pass sums the others.
+    """
+    wide_vectors()
+    rows, classes = x.shape
+    smoothing = eps > 0.0
+    want_z = row_z.shape[0] > 0
+    want_lse = row_lse.shape[0] > 0
+    want_correct = row_correct.shape[0] > 0
+    chunk = min(CAPPED_CHUNK, max(1, rows // (2 * CAPPED_CHUNK)))
+    zero = const(x, 0.0)
+    for w in prange((rows + chunk - 1) // chunk):
+        wide_vectors()
+        scratch = np.full((2, 2, classes), zero)  # the compute type
+        end = min(w * chunk + chunk, rows)
+        cur = 0
+        ready = -1  # the row whose state is in scratch[cur] already
+        m, shift, s, m_block = zero, zero, 0.0, 0
+        for r in range(w * chunk, end):
+            t = target[r]
+            ignored = t == ignore_index or t < 0 or t >= classes
+            if want_correct and ignored:
+                row_correct[r] = np.nan
+            if ignored and not want_grad and not want_lse:
+                row_loss[r] = 0.0
+                if smoothing:
+                    row_smooth[r] = 0.0
+                if want_z:
+                    row_z[r] = 0.0
+                continue
+            here = scratch[cur]
+            if ready != r:
+                m, shift, s, m_block = _capped_pass(
+                    x, r, softcap, here, here, zero, zero, weight, grad, -1
+                )
+            # No NaN: every capped logit is finite, and s >= exp(min(m - shift, -2c)) > 0.
+            regular = s == s and s > 0.0
+            log_s = log_pos(s) if regular else 0.0
+            lse = np.float64(shift) + log_s
+            if want_lse:
+                row_lse[r] = lse if regular else _special_lse_row(here, 0)
+            if want_correct and not ignored:
+                if regular:
+                    # The first maximum is in the block where the running max last rose.
+                    block = here[0, m_block : min(m_block + BLOCK, classes)]
+                    predicted = m_block + _argmax(block, m, True)
+                else:
+                    predicted = _argmax(here[0], m, False)
+                row_correct[r] = 1.0 if predicted == t else 0.0
+            if ignored or not regular:
+                value = 0.0 if ignored else np.nan
+                row_loss[r] = value
+                if smoothing:
+                    row_smooth[r] = value
+                if want_z:
+                    row_z[r] = value
+                if want_grad:
+                    if regular:
+                        _zero_row(grad, r)
+                    else:
+                        _fill_row_nan(grad, r)
+                continue
+            w_t = np.float64(weight[t])
+            v_t = here[0, t]
+            row_loss[r] = w_t * _nll_term(shift, v_t, log_s)
+            if smoothing:
+                row_smooth[r] = _weighted_gap_row(here, 0, weight, shift) + weight_sum * log_s
+            if want_z:
+                row_z[r] = z_scale * lse * lse
+            if not want_grad:
+                continue
+            g = np.float64(load(upstream[r * upstream_step]))
+            z_coef = 2.0 * g * z_scale * lse if want_z else 0.0
+            scale = g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef
+            scale_s = const(x, scale / s)
+            # Not g * 0 without smoothing: an infinite g (zero weight sum) must not make it NaN.
+            per_class = const(x, g * eps / classes if smoothing else 0.0)
+            # With a gradient, every later row needs its state: cap the next one meanwhile.
+            r_next = r + 1 if r + 1 < end else -1
+            nxt = scratch[1 - cur]
+            state = _capped_pass(
+                x, r_next, softcap, nxt, here, scale_s, per_class, weight, grad, r
+            )
+            nll_coef = const(x, g * (1.0 - eps) * w_t)
+            entry = scale_s * here[1, t] - per_class * weight[t] - nll_coef
+            grad[r, t] = store(entry * cap_slope(v_t, softcap), grad)
+            if r_next >= 0:
+                m, shift, s, m_block = state
+                cur = 1 - cur
+                ready = r_next
 
 
 @kernel

@@ -296,6 +296,48 @@ def test_softcap_bounds_the_logits_and_keeps_large_ones_finite():
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("softcap", [5.0, 30.0, 100.0])  # 100: beyond float32's fixed shift
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_softcap_rows_longer_than_a_block_in_chunks(softcap, dtype):
+    # Many blocks per row and many rows per work item, special rows among them: the capped
+    # kernel caps the next row while it writes this row's gradient.
+    rng = _rng("long rows", softcap, str(dtype))
+    rows, classes = 70, 1300
+    x = (rng.standard_normal((rows, classes)) * 4).astype(dtype)
+    x[3, 5], x[4], x[9, 700], x[10, -1] = np.inf, -np.inf, np.nan, 1e30
+    t = rng.integers(0, classes, rows)
+    t[[6, 20, 69]] = -100
+    t[10] = classes - 1
+    kwargs = {
+        "weight": rng.uniform(0.5, 2.0, classes).astype(dtype),
+        "label_smoothing": 0.1,
+        "lse_square_scale": 1e-3,
+        "softcap": softcap,
+        "reduction": "none",
+    }
+    k64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    x64 = x.astype(np.float64)
+    want_loss, want_lse, want_correct = reference.cross_entropy(
+        x64, t, return_lse=True, return_accuracy=True, **k64
+    )
+    g = rng.standard_normal(rows)
+    want_grad = reference.cross_entropy_backward(g, x64, t, **k64)
+    loss, grad, lse, correct = fl.cross_entropy_with_grad(
+        x, t, grad_output=g.astype(dtype), return_lse=True, return_accuracy=True, **kwargs
+    )
+    _close(loss, want_loss, dtype, "loss")
+    _close(lse, want_lse, dtype, "lse")
+    np.testing.assert_array_equal(correct, want_correct.astype(dtype))
+    _close_grad(grad, want_grad, dtype, "grad")
+    # The forward alone caps every row by itself: the same bits.
+    loss2, lse2, correct2 = fl.cross_entropy(x, t, return_lse=True, return_accuracy=True, **kwargs)
+    assert loss2.tobytes() == loss.tobytes() and lse2.tobytes() == lse.tobytes()
+    assert correct2.tobytes() == correct.tobytes()
+    inplace = x.copy()
+    fl.cross_entropy_with_grad(inplace, t, grad_output=g.astype(dtype), out=inplace, **kwargs)
+    assert inplace.tobytes() == grad.tobytes()
+
+
 @pytest.mark.parametrize("shape_name", ["rows", "spatial"])
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_in_place_and_out(shape_name, probabilities):
@@ -382,3 +424,27 @@ def test_tanh_series_constants_are_the_bernoulli_formula():
     for n, constant in enumerate(TANH_SERIES, start=1):
         exact = 4**n * (4**n - 1) * bernoulli[2 * n] / factorial(2 * n)
         assert constant == float(exact), n
+
+
+def test_float32_tanh_is_within_5_ulp_and_never_beyond_one():
+    from fastloss._math import tanh_any
+
+    @numba.njit
+    def run(u, out):
+        for j in range(u.shape[0]):
+            out[j] = tanh_any(u[j])
+
+    u = np.concatenate(
+        [np.linspace(0, 12, 400001), np.geomspace(1e-30, 1, 100001), [1e-40, 9.05, 9.1, 1e30]]
+    ).astype(np.float32)
+    u = np.concatenate([u, -u])
+    got = np.empty_like(u)
+    run(u, got)
+    want = np.tanh(u.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - want) / ulp) <= 5.0
+    assert np.all(np.abs(got) <= 1.0)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
+    out = np.empty_like(special)
+    run(special, out)
+    np.testing.assert_array_equal(out, [1.0, -1.0, np.nan, 0.0, 0.0])  # nsz: the sign of 0 is free
