@@ -542,6 +542,14 @@ def cross_entropy_strided(
             for c in range(c0, min(c0 + CHANNEL_BLOCK, classes)):
                 xc, ec, gc = xs[os_, c, ps : ps + n], e[c], grad[o, c, p0 : p0 + n]
                 wc, label = weight[c], np.int32(c)
+                if not smoothing and softcap is None:
+                    # Few enough arrays for one vectorized loop (see above): the others' sum
+                    # is accumulated as the gradient is written.
+                    for t in range(n):
+                        d = coef[t] * ec[t]
+                        gc[t] = store(d, grad)
+                        acc[t] = acc[t] + choose(labels[t] != label, d, zero)
+                    continue
                 # ec = exp(x - m) becomes the gradient entry, kept for the sum below.
                 if smoothing:
                     for t in range(n):
