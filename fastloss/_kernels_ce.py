@@ -39,14 +39,18 @@ from numba import prange
 from ._config import inline, jit, kernel
 from ._kernels_softmax import (
     BLOCK,
+    CHANNEL_BLOCK,
     _fill_row_nan,
+    _fill_special_columns_nan,
     _is_regular,
     _row_state,
     _special_lse_column,
     _special_lse_row,
     _tile_bounds,
     _tile_log_sums,
-    _tile_state,
+    _tile_max,
+    _tile_scratch,
+    _tile_sums,
 )
 from ._math import (
     add_exact,
@@ -54,6 +58,7 @@ from ._math import (
     capped,
     capped_row,
     capped_tile,
+    choose,
     const,
     exp_out,
     fmax,
@@ -140,6 +145,12 @@ def _target_entry(others, scale, p_t, per_class, w_t, nll_coef, z_coef, slope_t,
     own) is used, times the target's slope.
     """
     direct = scale * p_t - per_class * w_t - nll_coef
+    return _target_entry_from(others, direct, z_coef, slope_t, softcap)
+
+
+@jit
+def _target_entry_from(others, direct, z_coef, slope_t, softcap):
+    """_target_entry given its direct formula's value."""
     if softcap is not None:
         return direct * slope_t
     if abs(others) < np.inf:
@@ -619,115 +630,192 @@ def cross_entropy_prob_rows(
 # Spatial (strided) layout
 
 
+@jit
+def _tile_max_pick(x, o, p0, n, m, labels, picked):
+    """_tile_max, also picking picked[t] = x[o, labels[t], p0 + t] (0 where labels[t] < 0).
+
+    Picking by a select in the pass that streams the tile from memory costs nothing; a
+    gather of one logit per position (rows 4 KiB apart in the tile, all in one L1 set)
+    costs about a third as much as the whole pass.
+    """
+    wide_vectors()
+    neg_inf, zero = const(x, -np.inf), const(x, 0.0)
+    for t in range(n):
+        m[t] = neg_inf
+        picked[t] = zero
+    for c in range(x.shape[1]):
+        xc, label = x[o, c, p0 : p0 + n], np.int32(c)
+        for t in range(n):
+            v = load(xc[t])
+            m[t] = fmax(m[t], v)
+            picked[t] = choose(labels[t] == label, v, picked[t])
+
+
 @kernel
 def cross_entropy_strided(
     x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
     row_loss, row_smooth, grad, tile, softcap, z_scale, row_z, row_lse, row_correct,
 ):
     """Index targets on (O, C, I); see cross_entropy_rows. Per-position outputs are (O * I,)
-    in (o, i) order."""
+    in (o, i) order.
+
+    The per-position work runs as loops over the tile's positions without branches, so it
+    vectorizes like the passes over the classes (a scalar loop per position costs as much as
+    the exponentials); only the extras and special columns take per-position branches.
+    """
     wide_vectors()
     outer, classes, inner = x.shape
     ntiles = (inner + tile - 1) // tile
+    items = outer * ntiles
     smoothing = eps > 0.0
     want_z = row_z.shape[0] > 0
     want_lse = row_lse.shape[0] > 0
     want_correct = row_correct.shape[0] > 0
-    for w in prange(outer * ntiles):
+    extras = smoothing or want_z or want_lse or want_correct
+    keep = 1.0 - eps
+    spread = eps * weight_sum / classes
+    zero = const(x, 0.0)
+    for w in prange(items):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         # The tile itself, or its logits capped once into a copy (positions ps .. ps + n of
         # slab os_ of xs); the gradient is written at (o, p0) of grad either way.
         xs, os_, ps = capped_tile(x, o, p0, n, softcap)
-        m, s = _tile_state(xs, os_, ps, n)
-        log_s, _ = _tile_log_sums(x, m, s)
-        smooth = np.zeros(n, dtype=np.float64)
+        state = _tile_scratch(x, 9, n)
+        m, acc, log_s, x_t, w_t = state[0], state[1], state[2], state[3], state[4]
+        coef, per_class, entry = state[5], state[6], state[7]
+        wide = np.empty((5, n), dtype=np.float64)
+        s, g, z_coef, others, smooth = wide[0], wide[1], wide[2], wide[3], wide[4]
+        # The target class, or -1 when ignored; int32 compares 16 lanes at a time.
+        labels = np.empty(n, dtype=np.int32)
+        live = np.empty(n, dtype=np.bool_)  # counted, with a regular column
+        # With the gradient wanted, the exponentials are kept for the gradient pass.
+        e = _tile_scratch(x, classes if want_grad else 0, n)
+        tt = target[o, p0 : p0 + n]
+        for t in range(n):
+            c_t = tt[t]
+            counted = (c_t != ignore_index) & (c_t >= 0) & (c_t < classes)
+            labels[t] = np.int32(choose(counted, c_t, -1))
+        # x_t is read before the gradient overwrites it (grad may be x).
+        _tile_max_pick(xs, os_, ps, n, m, labels, x_t)
+        _tile_sums(xs, os_, ps, n, m, s, acc, e)
+        any_special = _tile_log_sums(x, m, s, log_s)
+        base = o * inner + p0
+        # The per-position work runs as short loops, each writing one or two arrays with
+        # selects (choose) instead of branches: LLVM vectorizes a loop only when it needs at
+        # most 8 runtime overlap checks and its arms can be flattened; a loop writing many
+        # per-position arrays with branches ran scalar and cost as much as the exponentials.
+        for t in range(n):
+            w_t[t] = weight[max(labels[t], 0)]
+        for t in range(n):
+            live[t] = (labels[t] >= 0) & _is_regular(m[t], s[t])
+        lt = row_loss[base : base + n]
+        for t in range(n):
+            loss = np.float64(w_t[t]) * _nll_term(m[t], x_t[t], np.float64(log_s[t]))
+            loss = choose(_is_regular(m[t], s[t]), loss, np.nan)
+            lt[t] = choose(labels[t] >= 0, loss, 0.0)
         if smoothing:
+            for t in range(n):
+                smooth[t] = 0.0
             for c in range(classes):
                 xc = xs[os_, c, ps : ps + n]
                 wc = weight[c]
                 for t in range(n):
                     smooth[t] += wc * (m[t] - load(xc[t]))
-        zero = const(x, 0.0)
-        scale = np.zeros(n, dtype=m.dtype)
-        per_class = np.zeros(n, dtype=m.dtype)
-        nll_coef = np.zeros(n, dtype=m.dtype)
-        x_t = np.zeros(n, dtype=m.dtype)
-        slope_t = np.ones(n, dtype=m.dtype)
-        z_coef = np.zeros(n, dtype=np.float64)
-        tt = target[o, p0 : p0 + n]
-        for t in range(n):
-            k = o * inner + p0 + t
-            c_t = tt[t]
-            regular = _is_regular(m[t], s[t])
-            ignored = c_t == ignore_index or c_t < 0 or c_t >= classes
-            lse = np.float64(m[t]) + np.float64(log_s[t])
-            if want_lse:
-                row_lse[k] = lse if regular else _special_lse_column(xs, os_, ps + t)
-            if want_correct:
-                if ignored:
-                    row_correct[k] = np.nan
-                else:
-                    predicted = _argmax(xs[os_, :, ps + t], m[t], regular)
-                    row_correct[k] = 1.0 if predicted == c_t else 0.0
-            if ignored:
-                row_loss[k] = 0.0
+        if extras:
+            for t in range(n):
+                k = base + t
+                c_t = labels[t]
+                regular = _is_regular(m[t], s[t])
+                log_s_t = np.float64(log_s[t])
+                lse = np.float64(m[t]) + log_s_t
+                if want_lse:
+                    row_lse[k] = lse if regular else _special_lse_column(xs, os_, ps + t)
+                if want_correct:
+                    if c_t < 0:
+                        row_correct[k] = np.nan
+                    else:
+                        predicted = _argmax(xs[os_, :, ps + t], m[t], regular)
+                        row_correct[k] = 1.0 if predicted == c_t else 0.0
                 if smoothing:
-                    row_smooth[k] = 0.0
+                    smoothed = smooth[t] + weight_sum * log_s_t if regular else np.nan
+                    row_smooth[k] = smoothed if c_t >= 0 else 0.0
                 if want_z:
-                    row_z[k] = 0.0
-                continue
-            if not regular:
-                row_loss[k] = np.nan
-                if smoothing:
-                    row_smooth[k] = np.nan
-                if want_z:
-                    row_z[k] = np.nan
-                continue
-            log_s_t = np.float64(log_s[t])
-            w_t = np.float64(weight[c_t])
-            # Read before the gradient overwrites it.
-            x_t[t] = load(xs[os_, c_t, ps + t])
-            slope_t[t] = cap_slope(x_t[t], softcap)
-            row_loss[k] = w_t * _nll_term(m[t], x_t[t], log_s_t)
-            if smoothing:
-                row_smooth[k] = smooth[t] + weight_sum * log_s_t
-            if want_z:
-                row_z[k] = z_scale * lse * lse
-            g = np.float64(load(upstream[k * upstream_step]))
-            z_coef[t] = 2.0 * g * z_scale * lse if want_z else 0.0
-            scale[t] = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef[t])
-            per_class[t] = const(x, g * eps / classes if smoothing else 0.0)
-            nll_coef[t] = const(x, g * (1.0 - eps) * w_t)
+                    z = z_scale * lse * lse if regular else np.nan
+                    row_z[k] = z if c_t >= 0 else 0.0
         if not want_grad:
             continue
-        others = np.zeros(n, dtype=np.float64)
-        for c in range(classes):
-            xc, gc = xs[os_, c, ps : ps + n], grad[o, c, p0 : p0 + n]
-            wc = weight[c]
+        if upstream_step == 0:
             for t in range(n):
-                v = load(xc[t])
-                d = scale[t] * exp_out(log_prob(v, m[t], log_s[t])) - per_class[t] * wc
-                d = d * cap_slope(v, softcap)
-                gc[t] = store(d, grad)
-                others[t] += d if tt[t] != c else zero
+                g[t] = np.float64(load(upstream[0]))
+        else:
+            ut = upstream[base : base + n]
+            for t in range(n):
+                g[t] = np.float64(load(ut[t]))
+        # Ignored and special positions get zero coefficients (special columns are NaN-filled
+        # last): their gradient columns come out 0.
         for t in range(n):
-            c_t = tt[t]
-            if not _is_regular(m[t], s[t]):
-                # NaN whether ignored or not: torch's gradient of a NaN softmax.
-                column = grad[o, :, p0 + t]
-                for c in range(classes):
-                    column[c] = store(np.nan, grad)
-                continue
-            if c_t == ignore_index or c_t < 0 or c_t >= classes:
-                continue  # scale and per_class are 0: the column is already 0
-            # The column sums to z_coef; see cross_entropy_rows.
+            lse = np.float64(m[t]) + np.float64(log_s[t])
+            z_coef[t] = choose(want_z and live[t], 2.0 * g[t] * z_scale * lse, 0.0)
+        for t in range(n):
+            scale = g[t] * (keep * np.float64(w_t[t]) + spread) + z_coef[t]
+            coef[t] = const(x, choose(live[t], scale / s[t], 0.0))
+        for t in range(n):
+            per_class[t] = const(x, choose(smoothing and live[t], g[t] * eps / classes, 0.0))
+        for c0 in range(0, classes, CHANNEL_BLOCK):
+            for t in range(n):
+                acc[t] = zero
+            for c in range(c0, min(c0 + CHANNEL_BLOCK, classes)):
+                xc, ec, gc = xs[os_, c, ps : ps + n], e[c], grad[o, c, p0 : p0 + n]
+                wc, label = weight[c], np.int32(c)
+                if not smoothing and softcap is None:
+                    # Few enough arrays for one vectorized loop (see above): the others' sum
+                    # is accumulated as the gradient is written.
+                    for t in range(n):
+                        d = coef[t] * ec[t]
+                        gc[t] = store(d, grad)
+                        acc[t] = acc[t] + choose(labels[t] != label, d, zero)
+                    continue
+                # ec = exp(x - m) becomes the gradient entry, kept for the sum below.
+                if smoothing:
+                    for t in range(n):
+                        d = (coef[t] * ec[t] - per_class[t] * wc) * cap_slope(load(xc[t]), softcap)
+                        ec[t] = d
+                        gc[t] = store(d, grad)
+                else:
+                    for t in range(n):
+                        d = coef[t] * ec[t] * cap_slope(load(xc[t]), softcap)
+                        ec[t] = d
+                        gc[t] = store(d, grad)
+                for t in range(n):
+                    acc[t] = acc[t] + choose(labels[t] != label, ec[t], zero)
+            # The others' sum in the compute type per block of classes, in float64 across.
+            if c0 == 0:
+                for t in range(n):
+                    others[t] = np.float64(acc[t])
+            else:
+                for t in range(n):
+                    others[t] = others[t] + np.float64(acc[t])
+        # The target entries, _target_entry in steps (one loop would need too many overlap
+        # checks): the direct formula scale * p_t - per_class * w_t - nll_coef first.
+        for t in range(n):
+            scale = g[t] * (keep * np.float64(w_t[t]) + spread) + z_coef[t]
             p_t = exp_out(log_prob(x_t[t], m[t], log_s[t]))
-            entry = _target_entry(
-                others[t], scale[t], p_t, per_class[t], weight[c_t], nll_coef[t], z_coef[t],
-                slope_t[t], softcap,
+            entry[t] = const(x, choose(live[t], scale, 0.0)) * p_t
+        for t in range(n):
+            nll_coef = const(x, choose(live[t], g[t] * keep * np.float64(w_t[t]), 0.0))
+            entry[t] = entry[t] - per_class[t] * w_t[t] - nll_coef
+        for t in range(n):
+            entry[t] = _target_entry_from(
+                others[t], entry[t], z_coef[t], cap_slope(x_t[t], softcap), softcap
             )
-            grad[o, c_t, p0 + t] = store(entry, grad)
+        for t in range(n):
+            c_t = labels[t]
+            if c_t >= 0:
+                grad[o, c_t, p0 + t] = store(entry[t], grad)
+        if any_special:
+            # NaN whether ignored or not: torch's gradient of a NaN softmax.
+            _fill_special_columns_nan(grad, o, p0, m, s)
 
 
 @kernel
@@ -777,12 +865,18 @@ def cross_entropy_prob_strided(
     want_z = row_z.shape[0] > 0
     want_lse = row_lse.shape[0] > 0
     want_correct = row_correct.shape[0] > 0
-    for w in prange(outer * ntiles):
+    items = outer * ntiles
+    no_e = _tile_scratch(x, 0, 0)
+    for w in prange(items):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
         xs, os_, ps = capped_tile(x, o, p0, n, softcap)
-        m, s = _tile_state(xs, os_, ps, n)
-        log_s, _ = _tile_log_sums(x, m, s)
+        state = _tile_scratch(x, 3, n)
+        m, acc, log_s = state[0], state[1], state[2]
+        s = np.empty(n, dtype=np.float64)
+        _tile_max(xs, os_, ps, n, m)
+        _tile_sums(xs, os_, ps, n, m, s, acc, no_e)
+        any_special = _tile_log_sums(x, m, s, log_s)
         a = np.zeros(n, dtype=np.float64)
         b = np.zeros(n, dtype=np.float64)
         for c in range(classes):
@@ -827,11 +921,8 @@ def cross_entropy_prob_strided(
                 p = exp_out(log_prob(v, m[t], log_s[t]))
                 wy = wc * (keep_c * load(yc[t]) + uniform_c)
                 gc[t] = store((ga[t] * p - gs[t] * wy) * cap_slope(v, softcap), grad)
-        for t in range(n):
-            if not _is_regular(m[t], s[t]):
-                column = grad[o, :, p0 + t]
-                for c in range(classes):
-                    column[c] = store(np.nan, grad)
+        if any_special:
+            _fill_special_columns_nan(grad, o, p0, m, s)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from numba import prange
 from ._config import inline, jit, kernel
 from ._math import (
     add_exact,
+    compute_empty,
     const,
     exp_fine,
     exp_out,
@@ -307,35 +308,86 @@ def _tile_bounds(w, ntiles, tile, inner):
     return o, p0, min(tile, inner - p0)
 
 
+# Channels whose exponentials are summed in the compute type before the partial sums join the
+# float64 per-position totals: the strided counterpart of BLOCK, a few ulp of float32 per
+# partial sum, without a float64 conversion and add for every element.
+CHANNEL_BLOCK = 32
+
+
 @jit
-def _tile_state(x, o, p0, n):
-    """Per-position (max, float64 sum) over the C axis for positions p0 .. p0+n of slab o."""
+def _tile_scratch(x, rows, n):
+    """rows x n uninitialized values in the compute type of x: one allocation for a tile's
+    per-position state arrays (every pass writes a row before it reads it)."""
+    return compute_empty(x, rows, n)
+
+
+@jit
+def _tile_max(x, o, p0, n, m):
+    """m[t] = max over the C axis at position p0 + t of slab o (NaN skipped)."""
     wide_vectors()
-    channels = x.shape[1]
-    m = np.full(n, const(x, -np.inf))
-    for c in range(channels):
+    neg_inf = const(x, -np.inf)
+    for t in range(n):
+        m[t] = neg_inf
+    for c in range(x.shape[1]):
         xc = x[o, c, p0 : p0 + n]
         for t in range(n):
             m[t] = fmax(m[t], load(xc[t]))
-    s = np.zeros(n, dtype=np.float64)
-    for c in range(channels):
-        xc = x[o, c, p0 : p0 + n]
+
+
+@jit
+def _tile_sums(x, o, p0, n, m, s, acc, e):
+    """s[t] = sum_c exp(x[o, c, p0 + t] - m[t]) as float64, summed in the compute type over
+    CHANNEL_BLOCK channels at a time (in acc) and across blocks in float64.
+
+    When e has rows, e[c, t] keeps each exponential (exact 0 below the normal range, as
+    exp_out), so a later pass multiplies instead of evaluating exp again.
+    """
+    wide_vectors()
+    channels = x.shape[1]
+    keep = e.shape[0] > 0
+    zero = const(x, 0.0)
+    for c0 in range(0, channels, CHANNEL_BLOCK):
         for t in range(n):
-            s[t] += exp_sum(load(xc[t]) - m[t])
+            acc[t] = zero
+        for c in range(c0, min(c0 + CHANNEL_BLOCK, channels)):
+            xc = x[o, c, p0 : p0 + n]
+            if keep:
+                ec = e[c]
+                for t in range(n):
+                    v = exp_out(load(xc[t]) - m[t])
+                    ec[t] = v
+                    acc[t] = acc[t] + v
+            else:
+                for t in range(n):
+                    acc[t] = acc[t] + exp_sum(load(xc[t]) - m[t])
+        if c0 == 0:
+            for t in range(n):
+                s[t] = np.float64(acc[t])
+        else:
+            for t in range(n):
+                s[t] = s[t] + np.float64(acc[t])
+
+
+@jit
+def _tile_state(x, o, p0, n):
+    """Per-position (max, float64 sum) over the C axis for positions p0 .. p0+n of slab o."""
+    state = _tile_scratch(x, 2, n)
+    m, acc = state[0], state[1]
+    s = np.empty(n, dtype=np.float64)
+    _tile_max(x, o, p0, n, m)
+    _tile_sums(x, o, p0, n, m, s, acc, _tile_scratch(x, 0, 0))
     return m, s
 
 
 @jit
-def _tile_log_sums(x, m, s):
-    """log(s) per position in the compute type, and whether any position is special."""
+def _tile_log_sums(x, m, s, log_s):
+    """log_s[t] = log(s[t]) in the compute type; returns whether any position is special."""
     wide_vectors()
-    n = m.shape[0]
-    log_s = np.empty(n, dtype=m.dtype)
     specials = 0
-    for t in range(n):
+    for t in range(m.shape[0]):
         log_s[t] = const(x, log_pos(s[t]))
         specials += not _is_regular(m[t], s[t])
-    return log_s, specials > 0
+    return specials > 0
 
 
 @jit
@@ -373,16 +425,25 @@ def lse_strided(x, out, tile):
     wide_vectors()
     outer, _, inner = x.shape
     ntiles = (inner + tile - 1) // tile
-    for w in prange(outer * ntiles):
+    items = outer * ntiles
+    no_e = _tile_scratch(x, 0, 0)
+    for w in prange(items):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        m, s = _tile_state(x, o, p0, n)
+        state = _tile_scratch(x, 2, n)
+        m, acc = state[0], state[1]
+        s = np.empty(n, dtype=np.float64)
+        _tile_max(x, o, p0, n, m)
+        _tile_sums(x, o, p0, n, m, s, acc, no_e)
         ot = out[o, p0 : p0 + n]
+        specials = 0
         for t in range(n):
             ot[t] = store(np.float64(m[t]) + log_pos(s[t]), out)
-        for t in range(n):
-            if not _is_regular(m[t], s[t]):
-                ot[t] = store(_special_lse_column(x, o, p0 + t), out)
+            specials += not _is_regular(m[t], s[t])
+        if specials:
+            for t in range(n):
+                if not _is_regular(m[t], s[t]):
+                    ot[t] = store(_special_lse_column(x, o, p0 + t), out)
 
 
 @kernel
@@ -391,19 +452,30 @@ def softmax_strided(x, out, tile, log):
     wide_vectors()
     outer, channels, inner = x.shape
     ntiles = (inner + tile - 1) // tile
-    for w in prange(outer * ntiles):
+    items = outer * ntiles
+    for w in prange(items):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        m, s = _tile_state(x, o, p0, n)
-        log_s, any_special = _tile_log_sums(x, m, s)
-        for c in range(channels):
-            xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
-            if log:
+        state = _tile_scratch(x, 3, n)
+        m, acc, shift = state[0], state[1], state[2]
+        s = np.empty(n, dtype=np.float64)
+        # softmax keeps the tile's exponentials (C x n) and scales them by 1 / s.
+        e = _tile_scratch(x, 0 if log else channels, n)
+        _tile_max(x, o, p0, n, m)
+        _tile_sums(x, o, p0, n, m, s, acc, e)
+        any_special = _tile_log_sums(x, m, s, shift)
+        if log:
+            for c in range(channels):
+                xc, yc = x[o, c, p0 : p0 + n], out[o, c, p0 : p0 + n]
                 for t in range(n):
-                    yc[t] = store(log_prob(load(xc[t]), m[t], log_s[t]), out)
-            else:
+                    yc[t] = store(log_prob(load(xc[t]), m[t], shift[t]), out)
+        else:
+            for t in range(n):
+                shift[t] = const(x, 1.0 / s[t])  # now the reciprocal sum
+            for c in range(channels):
+                ec, yc = e[c], out[o, c, p0 : p0 + n]
                 for t in range(n):
-                    yc[t] = store(exp_out(log_prob(load(xc[t]), m[t], log_s[t])), out)
+                    yc[t] = store(ec[t] * shift[t], out)
         if any_special:
             _fill_special_columns_nan(out, o, p0, m, s)
 
@@ -414,11 +486,17 @@ def softmax_backward_strided(g, x, out, tile, log):
     wide_vectors()
     outer, channels, inner = x.shape
     ntiles = (inner + tile - 1) // tile
-    for w in prange(outer * ntiles):
+    items = outer * ntiles
+    no_e = _tile_scratch(x, 0, 0)
+    for w in prange(items):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        m, s = _tile_state(x, o, p0, n)
-        log_s, any_special = _tile_log_sums(x, m, s)
+        state = _tile_scratch(x, 4, n)
+        m, acc, log_s, dot_c = state[0], state[1], state[2], state[3]
+        s = np.empty(n, dtype=np.float64)
+        _tile_max(x, o, p0, n, m)
+        _tile_sums(x, o, p0, n, m, s, acc, no_e)
+        any_special = _tile_log_sums(x, m, s, log_s)
         dot = np.zeros(n, dtype=np.float64)
         for c in range(channels):
             xc, gc = x[o, c, p0 : p0 + n], g[o, c, p0 : p0 + n]
@@ -429,7 +507,6 @@ def softmax_backward_strided(g, x, out, tile, log):
                 for t in range(n):
                     p = exp_out(log_prob(load(xc[t]), m[t], log_s[t]))
                     dot[t] += load(gc[t]) * p
-        dot_c = np.empty(n, dtype=m.dtype)
         for t in range(n):
             dot_c[t] = const(x, dot[t])
         for c in range(channels):
@@ -452,11 +529,17 @@ def lse_backward_strided(g, x, out, tile):
     wide_vectors()
     outer, channels, inner = x.shape
     ntiles = (inner + tile - 1) // tile
-    for w in prange(outer * ntiles):
+    items = outer * ntiles
+    no_e = _tile_scratch(x, 0, 0)
+    for w in prange(items):
         wide_vectors()
         o, p0, n = _tile_bounds(w, ntiles, tile, inner)
-        m, s = _tile_state(x, o, p0, n)
-        log_s, any_special = _tile_log_sums(x, m, s)
+        state = _tile_scratch(x, 3, n)
+        m, acc, log_s = state[0], state[1], state[2]
+        s = np.empty(n, dtype=np.float64)
+        _tile_max(x, o, p0, n, m)
+        _tile_sums(x, o, p0, n, m, s, acc, no_e)
+        any_special = _tile_log_sums(x, m, s, log_s)
         for t in range(n):
             log_s[t] = _lse_shift(x, m[t], s[t])
         gt = g[o, p0 : p0 + n]

@@ -90,6 +90,22 @@ def wide_vectors(typingctx):
 
 
 @intrinsic
+def choose(typingctx, cond, a, b):
+    """``a if cond else b`` as one select, both operands evaluated.
+
+    Numba lowers a conditional expression to branches; LLVM flattens them again only when
+    neither arm loads memory or converts, and otherwise leaves the whole loop scalar.
+    """
+    if not (a == b and isinstance(cond, types.Boolean)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return a(cond, a, b), codegen
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """a * b + c with one rounding, in scalar and vector code alike (llvm.fma)."""
     if not (a == b == c and a in (types.float32, types.float64)):
@@ -297,6 +313,16 @@ def _store(v, like):
 def _const(like, value):
     cast = _COMPUTE_NP[_STORAGE_TO_COMPUTE[like.dtype]]
     return lambda like, value: cast(value)
+
+
+def compute_empty(like, rows, n):
+    """An uninitialized (rows, n) array in the compute type of array ``like``."""
+
+
+@overload(compute_empty, **_INLINE)
+def _compute_empty(like, rows, n):
+    compute = _COMPUTE_NP[_STORAGE_TO_COMPUTE[like.dtype]]
+    return lambda like, rows, n: np.empty((rows, n), compute)
 
 
 # ---------------------------------------------------------------------------------------------
