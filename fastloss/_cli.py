@@ -363,14 +363,25 @@ def selfcheck(cases: list[str] | None = None) -> bool:
 # bench
 
 
+# A sample of a fast call times a batch of calls lasting at least this long, so the timer's
+# resolution and the scheduler's jitter average out over a (32, 10) call of microseconds.
+MIN_SAMPLE_SECONDS = 2e-3
+
+
 def _best_time(function, repeat: int, warm_up: bool) -> float:
-    if warm_up:
-        function()
-    best = math.inf
-    for _ in range(repeat):
+    """Best per-call seconds over ``repeat`` samples. The first call sizes the batches; it is
+    a warm-up when ``warm_up`` is set, else one of the samples (the NumPy baseline is slow
+    enough at large shapes that a discarded call would cost seconds)."""
+    start = time.perf_counter()
+    function()
+    first = time.perf_counter() - start
+    best = math.inf if warm_up else first
+    calls = max(1, min(100_000, int(MIN_SAMPLE_SECONDS / max(first, 1e-7))))
+    for _ in range(repeat if warm_up else repeat - 1):
         start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
+        for _ in range(calls):
+            function()
+        best = min(best, (time.perf_counter() - start) / calls)
     return best
 
 
