@@ -181,7 +181,7 @@ def _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad):
             gb[j] = store(scale * p * cap_slope(v, softcap), grad)
 
 
-@inline
+@jit
 def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row, softcap):
     """grad[g_row, c] = (scale * p_c - per_class * w_c) * slope_c for every c, from row r of
     x, which holds the capped logits when there is a softcap (slope 1 without one); returns

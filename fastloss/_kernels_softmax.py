@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import inline, jit, kernel
+from ._config import jit, kernel
 from ._math import (
     add_exact,
     compute_empty,
@@ -55,7 +55,11 @@ BLOCK = 512
 # Row layout helpers
 
 
-@inline
+# Helpers with a reassociating sum (radd) are compiled once as functions of their own, never
+# inlined (`inline`): a copy inlined into the serial and into the parallel twin may be
+# vectorized with different interleaving in each, and the sum would then round differently
+# with the thread count.
+@jit
 def _row_state(x, r, start, stop):
     """(max, float64 sum of exp(x - max)) of x[r, start:stop], reading it from memory once."""
     wide_vectors()
@@ -122,7 +126,7 @@ def _special_lse_row(x, r):
     return result
 
 
-@inline
+@jit
 def _row_lse(x, r):
     m, s = _row_state(x, r, 0, x.shape[1])
     if _is_regular(m, s):
