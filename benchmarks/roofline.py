@@ -25,9 +25,11 @@ import numpy as np
 from numba import prange
 
 from fastloss._config import CACHE, FASTMATH
+from fastloss._math import radd, wide_vectors
 
-# The package's options (fastloss/_config.py), compiled parallel: "reassoc" lets the sum
-# vectorize, and no "nnan"/"ninf" keeps it honest about what the kernels may assume.
+# The package's options (fastloss/_config.py), compiled parallel, and its way of summing: a
+# reassociating add (radd) and wide vectors, as the kernels use. A plain `s += v[i]` without
+# "reassoc" is a serial chain of additions, half this machine's read bandwidth.
 _OPTIONS = dict(parallel=True, fastmath=set(FASTMATH), cache=CACHE, error_model="numpy")
 
 # Elements per prange work item: large enough to stream, small enough to balance 2+ threads.
@@ -37,21 +39,27 @@ CHUNK = 1 << 16
 @numba.njit(**_OPTIONS)
 def _row_sums(v, chunk, zero, out):
     """out[k] = sum(v[k*chunk : (k+1)*chunk]), accumulated in v's own dtype."""
+    wide_vectors()
     n = v.shape[0]
     for k in prange(out.shape[0]):
+        wide_vectors()
+        part = v[k * chunk : min((k + 1) * chunk, n)]
         s = zero
-        for i in range(k * chunk, min((k + 1) * chunk, n)):
-            s += v[i]
+        for i in range(part.shape[0]):
+            s = radd(s, part[i])
         out[k] = s
 
 
 @numba.njit(**_OPTIONS)
 def _scale_copy(v, chunk, factor, out):
     """out = factor * v, one contiguous chunk per work item."""
+    wide_vectors()
     n = v.shape[0]
     for k in prange((n + chunk - 1) // chunk):
-        for i in range(k * chunk, min((k + 1) * chunk, n)):
-            out[i] = factor * v[i]
+        wide_vectors()
+        src, dst = v[k * chunk : min((k + 1) * chunk, n)], out[k * chunk : min((k + 1) * chunk, n)]
+        for i in range(src.shape[0]):
+            dst[i] = factor * src[i]
 
 
 def _words(x: np.ndarray) -> np.ndarray:
