@@ -288,14 +288,16 @@ def _plain_options(weight, size_average, reduce, label_smoothing, lse_square_sca
             and return_lse is False and return_accuracy is False)
 
 
-def _plain_rows(cross: bool, input, target, ignore_index, reduction, want_loss, want_grad):
+def _plain_rows(cross: bool, input, target, ignore_index, reduction, want_loss, want_grad,
+                grad_output=None):
     """The commonest call, computed without the general path's bookkeeping, or None.
 
     Takes (N, C) C-contiguous float32/float64 logits with N >= 1, C >= 1, int64 class indices
     of shape (N,), no weight, no smoothing, no extras, and at least one counted target; every
     other call (and every call that must raise) returns None and takes the general path, which
     gives the same bits on this one: the same kernel, the same arguments and the same
-    pairwise float64 sum. A small call then costs a few microseconds of Python, not tens.
+    fixed-order float64 sum. ``grad_output`` is validated by the general path's helpers. A
+    small call then costs a few microseconds of Python, not tens.
     """
     if not (type(input) is np.ndarray and type(target) is np.ndarray and input.ndim == 2
             and target.ndim == 1 and input.dtype.char in "fd" and target.dtype.num == _INT64
@@ -313,10 +315,18 @@ def _plain_rows(cross: bool, input, target, ignore_index, reduction, want_loss, 
     upstream, step = _ONE, 0
     if want_grad:
         grad = np.empty_like(input)
+        func = "cross_entropy" if cross else "nll_loss"
         if reduction == "none":
             upstream, step = np.ones(rows), 1
-        elif reduction == "mean":
-            upstream = np.array([1.0 / counted])
+            if grad_output is not None:
+                g = upstream_per_element(grad_output, (rows,), func)
+                upstream = np.ascontiguousarray(g, dtype=np.float64).reshape(rows)
+        else:
+            scale = upstream_scalar(grad_output, reduction, func)
+            if reduction == "mean":
+                scale = np.float64(scale) / np.float64(counted)
+            if scale != 1.0:
+                upstream = np.array([scale], dtype=np.float64)
     else:
         grad = _NO_GRAD[input.dtype.char]
     args = (input, target, ignore_index, upstream, step, want_grad, row_loss, grad)
@@ -614,6 +624,11 @@ def nll_loss_backward(grad_output, input, target, weight=None, size_average=None
     array([[-0.5,  0. ,  0. ],
            [ 0. ,  0. , -0.5]])
     """
+    if weight is None and size_average is None and reduce is None and out is None:
+        grad = _plain_rows(False, input, target, ignore_index, reduction, False, True,
+                           grad_output)
+        if grad is not None:
+            return grad
     return _value_and_grad("nll_loss", False, False, grad_output, out, input, target, weight,
                            size_average, ignore_index, reduce, reduction, 0.0)
 
@@ -645,9 +660,9 @@ def nll_loss_with_grad(input, target, weight=None, size_average=None, ignore_ind
     >>> loss, grad
     (array(0.69314718), array([[ 0., -1.]]))
     """
-    if weight is None and size_average is None and reduce is None and grad_output is None \
-            and out is None:
-        result = _plain_rows(False, input, target, ignore_index, reduction, True, True)
+    if weight is None and size_average is None and reduce is None and out is None:
+        result = _plain_rows(False, input, target, ignore_index, reduction, True, True,
+                             grad_output)
         if result is not None:
             return result
     return _value_and_grad("nll_loss", False, True, grad_output, out, input, target, weight,
@@ -790,6 +805,12 @@ def cross_entropy_backward(grad_output, input, target, weight=None, size_average
            [ 0.03  , -0.2518,  0.2217],
            [-0.3033,  0.0816,  0.2217]])
     """
+    if out is None and _plain_options(weight, size_average, reduce, label_smoothing,
+                                      lse_square_scale, softcap, return_lse, return_accuracy):
+        grad = _plain_rows(True, input, target, ignore_index, reduction, False, True,
+                           grad_output)
+        if grad is not None:
+            return grad
     extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)
     return _value_and_grad("cross_entropy", True, False, grad_output, out, input, target,
                            weight, size_average, ignore_index, reduce, reduction,
@@ -839,10 +860,10 @@ def cross_entropy_with_grad(input, target, weight=None, size_average=None, ignor
     >>> lse.round(4), correct
     (array([3.4002, 3.4002, 3.4002]), array([1., 0., 0.]))
     """
-    if grad_output is None and out is None and _plain_options(
-            weight, size_average, reduce, label_smoothing, lse_square_scale, softcap,
-            return_lse, return_accuracy):
-        result = _plain_rows(True, input, target, ignore_index, reduction, True, True)
+    if out is None and _plain_options(weight, size_average, reduce, label_smoothing,
+                                      lse_square_scale, softcap, return_lse, return_accuracy):
+        result = _plain_rows(True, input, target, ignore_index, reduction, True, True,
+                             grad_output)
         if result is not None:
             return result
     extras = _check_extras(lse_square_scale, softcap, return_lse, return_accuracy)

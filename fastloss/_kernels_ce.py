@@ -42,6 +42,7 @@ from ._kernels_softmax import (
     CHANNEL_BLOCK,
     _fill_row_nan,
     _fill_special_columns_nan,
+    _fold_partials,
     _is_regular,
     _row_state,
     _special_lse_column,
@@ -247,6 +248,17 @@ def _argmax(values, m, regular):
     return best
 
 
+@inline
+def _set_row_terms(r, value, row_loss, row_smooth, row_z, smoothing, want_z):
+    """Row r's loss terms all ``value``: 0 for a row that counts for nothing (an ignored
+    target), NaN for a row whose softmax is NaN."""
+    row_loss[r] = value
+    if smoothing:
+        row_smooth[r] = value
+    if want_z:
+        row_z[r] = value
+
+
 @jit
 def count_row_targets(target, classes, ignore_index):
     """(how many targets equal ignore_index, whether any other is outside [0, classes)): the
@@ -292,11 +304,7 @@ def cross_entropy_rows(
         if want_correct and ignored:
             row_correct[r] = np.nan
         if ignored and not want_grad and not want_lse:
-            row_loss[r] = 0.0
-            if smoothing:
-                row_smooth[r] = 0.0
-            if want_z:
-                row_z[r] = 0.0
+            _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
             continue
         xs, rs = capped_row(x, r, softcap)  # x itself, or the row capped once into a copy
         m, s = _row_state(xs, rs, 0, classes)
@@ -307,11 +315,7 @@ def cross_entropy_rows(
             row_correct[r] = 1.0 if _argmax(xs[rs], m, regular) == t else 0.0
         if ignored:
             # The loss is 0, but torch's gradient of a row whose softmax is NaN is NaN.
-            row_loss[r] = 0.0
-            if smoothing:
-                row_smooth[r] = 0.0
-            if want_z:
-                row_z[r] = 0.0
+            _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
             if want_grad:
                 if regular:
                     _zero_row(grad, r)
@@ -319,11 +323,7 @@ def cross_entropy_rows(
                     _fill_row_nan(grad, r)
             continue
         if not regular:
-            row_loss[r] = np.nan
-            if smoothing:
-                row_smooth[r] = np.nan
-            if want_z:
-                row_z[r] = np.nan
+            _set_row_terms(r, np.nan, row_loss, row_smooth, row_z, smoothing, want_z)
             if want_grad:
                 _fill_row_nan(grad, r)
             continue
@@ -479,11 +479,7 @@ def cross_entropy_capped_rows(
             if want_correct and ignored:
                 row_correct[r] = np.nan
             if ignored and not want_grad and not want_lse:
-                row_loss[r] = 0.0
-                if smoothing:
-                    row_smooth[r] = 0.0
-                if want_z:
-                    row_z[r] = 0.0
+                _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
                 continue
             here = scratch[cur]
             if ready != r:
@@ -506,11 +502,7 @@ def cross_entropy_capped_rows(
                 row_correct[r] = 1.0 if predicted == t else 0.0
             if ignored or not regular:
                 value = 0.0 if ignored else np.nan
-                row_loss[r] = value
-                if smoothing:
-                    row_smooth[r] = value
-                if want_z:
-                    row_z[r] = value
+                _set_row_terms(r, value, row_loss, row_smooth, row_z, smoothing, want_z)
                 if want_grad:
                     if regular:
                         _zero_row(grad, r)
@@ -790,12 +782,7 @@ def cross_entropy_strided(
                 for t in range(n):
                     acc[t] = acc[t] + choose(labels[t] != label, ec[t], zero)
             # The others' sum in the compute type per block of classes, in float64 across.
-            if c0 == 0:
-                for t in range(n):
-                    others[t] = np.float64(acc[t])
-            else:
-                for t in range(n):
-                    others[t] = others[t] + np.float64(acc[t])
+            _fold_partials(others, acc, n, c0 == 0)
         # The target entries, _target_entry in steps (one loop would need too many overlap
         # checks): the direct formula scale * p_t - per_class * w_t - nll_coef first.
         for t in range(n):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import jit, kernel
+from ._config import inline, jit, kernel
 from ._math import (
     add_exact,
     compute_empty,
@@ -304,6 +304,17 @@ def lse_backward_rows(g, x, out):
 # Strided layout helpers
 
 
+@inline
+def _fold_partials(total, partial, n, first):
+    """total[:n] (float64) = partial[:n] (a block of classes' compute-type sums), or += it."""
+    if first:
+        for t in range(n):
+            total[t] = np.float64(partial[t])
+    else:
+        for t in range(n):
+            total[t] = total[t] + np.float64(partial[t])
+
+
 @jit
 def _tile_bounds(w, ntiles, tile, inner):
     """Work item w -> (slab o, first position p0, positions n) of its tile."""
@@ -364,12 +375,7 @@ def _tile_sums(x, o, p0, n, m, s, acc, e):
             else:
                 for t in range(n):
                     acc[t] = acc[t] + exp_sum(load(xc[t]) - m[t])
-        if c0 == 0:
-            for t in range(n):
-                s[t] = np.float64(acc[t])
-        else:
-            for t in range(n):
-                s[t] = s[t] + np.float64(acc[t])
+        _fold_partials(s, acc, n, c0 == 0)
 
 
 @jit

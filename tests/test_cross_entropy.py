@@ -1961,7 +1961,14 @@ def test_fast_path_matches_general_path(func, reduction, dtype, shape, ignore_in
     np.testing.assert_array_equal(fused_loss, want_loss)
     np.testing.assert_array_equal(grad, want_grad)
     assert loss.dtype == want_loss.dtype == dtype and grad.flags.c_contiguous
+    # An upstream gradient: a scalar for 'mean'/'sum', one value per row for 'none'.
+    g = rng.standard_normal(shape[0]) if reduction == "none" else np.float32(0.75)
+    backward = getattr(fl, func + "_backward")
+    want = backward(g, general_x, general_t, **kwargs)
+    np.testing.assert_array_equal(backward(g, x, t, **kwargs), want)
+    np.testing.assert_array_equal(with_grad(x, t, grad_output=g, **kwargs)[1], want)
     check_reference(func, x, t, **kwargs)
+    check_reference(func, x, t, g, **kwargs)
 
 
 @pytest.mark.parametrize("func", FUNCS)
@@ -1977,6 +1984,10 @@ def test_fast_path_errors_are_the_general_paths(func):
         getattr(fl, func)(x, np.array([0, 1, 2, 2]), reduction="avg")
     # Every target ignored: 'mean' is 0 / 0, as torch.
     assert np.isnan(getattr(fl, func)(x, np.full(4, -100)))
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        getattr(fl, func + "_backward")(np.ones(3), x, np.array([0, 1, 2, 2]))
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        getattr(fl, func + "_backward")(np.ones(3), x, np.array([0, 1, 2, 2]), reduction="none")
 
 
 @pytest.mark.parametrize(
