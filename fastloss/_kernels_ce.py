@@ -195,8 +195,8 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row
     others = 0.0
     # When grad is x itself (in-place use), a loop that reads x and writes grad fails LLVM's
     # runtime overlap check and runs its scalar version, three times slower: each block is
-    # then first copied (from L1) into a buffer of its own. Otherwise the buffer, whose
-    # allocation costs more than a short row's whole gradient, is not made.
+    # then first copied (from L1) into a buffer of its own. Otherwise the buffer is empty
+    # (still one small allocation per row: hoisting it out of the prange body is left to do).
     aliased = _overlap(xr, gr)
     block = np.full(min(BLOCK, classes) if aliased else 0, zero)  # the compute type
     for b0 in range(0, classes, BLOCK):
