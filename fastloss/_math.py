@@ -3,7 +3,8 @@ the loads and stores that let one kernel body serve float16, bfloat16, float32 a
 
 Numba here has no SVML, so ``math.exp`` in a loop stays a scalar libm call (0.6 G/s). The exp
 and log below are polynomials over bit manipulations that LLVM turns into AVX-512 code
-(9-14 G exp/s per core, <= 1.05 ulp); see ../shared/reference/kernel-notes.md section 1.
+(9-14 G exp/s per core on Zen 5, about 3 on the 2-core Xeon of the benchmarks; <= 1 ulp);
+see ../shared/reference/kernel-notes.md section 1.
 
 Storage types and compute types. Kernels receive float32/float64 arrays as they are, float16
 arrays as a ``uint16`` view and bfloat16 arrays as an ``int16`` view (Numba cannot type either
@@ -35,6 +36,20 @@ _INLINE = dict(fastmath=set(FASTMATH), jit_options=dict(fastmath=set(FASTMATH)))
 
 def _llvm_float(numba_type):
     return ir.FloatType() if numba_type == types.float32 else ir.DoubleType()
+
+
+@intrinsic
+def data_address(typingctx, array):
+    """The address of an array's first element, as an integer (``array.ctypes.data`` builds
+    a ctypes object, about 25 ns)."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        proxy = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
+        return builder.ptrtoint(proxy.data, context.get_value_type(types.intp))
+
+    return types.intp(array), codegen
 
 
 @intrinsic
@@ -84,6 +99,24 @@ def wide_vectors(typingctx):
         # llvmlite validates attribute names against a fixed list; this one is a string
         # attribute LLVM reads per function.
         set.add(builder.function.attributes, f'"prefer-vector-width"="{VECTOR_WIDTH}"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def out_of_line(typingctx):
+    """Keep the calling function out of its callers (LLVM's ``noinline``).
+
+    For helpers whose sums must round the same way wherever they are called from: a copy
+    inlined into a caller is optimized again in that caller's context, and the additions of
+    a reassociable sum may then be regrouped differently in each (the serial and the
+    parallel twin, the loss with and without its gradient, code compiled in this process
+    and code loaded from the cache). Out of line, every caller runs the same machine code.
+    """
+
+    def codegen(context, builder, signature, args):
+        builder.function.attributes.add("noinline")
         return context.get_dummy_value()
 
     return types.none(), codegen
@@ -329,7 +362,8 @@ def _compute_empty(like, rows, n):
 # exp
 
 # float32: two-constant Cody-Waite reduction (Cephes) and a degree-6 near-minimax polynomial,
-# <= 1.05 ulp over the normal range. Below LO the result would be subnormal and k + 127 <= 0.
+# <= 1.3 ulp over the normal range in this form (_exp32_parts, used by exp_fine); the Horner form
+# below is <= 1 ulp. Below LO the result would be subnormal and k + 127 <= 0.
 _F32_LOG2E = np.float32(1.4426950408889634)
 _F32_LN2_HI = np.float32(0.693359375)
 _F32_LN2_LO = np.float32(-2.12194440e-4)
@@ -390,17 +424,43 @@ def _exp64_parts(x):
     return fma(r * r, q, r + 1.0), np.int64(k)
 
 
+# The exp of sums and stored exponentials (x >= LO): k = rint(x log2 e) by the round-to-
+# nearest of adding a shifter (1.5 * 2^23, plus the exponent bias, whose low mantissa bits
+# then hold k + 127 and shift straight into 2^k's exponent field), and the polynomial in
+# Horner form. Against rint, a float -> int conversion and the form 1 + r + r^2 q(r), that
+# is four fewer operations per element on the one vector port that runs them all, and
+# <= 1 ulp instead of <= 1.3 (tests/test_softmax_family.py checks the bound in both types).
+_F32_SHIFTER = np.float32(1.5 * 2**23 + 127)
+_F32_HORNER = _F32_Q + (_F32_ONE, _F32_ONE)
+_F64_SHIFTER = np.float64(1.5 * 2**52 + 1023)
+_F64_HORNER = _F64_Q + (1.0, 1.0)
+_F32_NEG_LN2 = (-_F32_LN2_HI, -_F32_LN2_LO)
+_F64_NEG_LN2 = (-_F64_LN2_HI, -_F64_LN2_LO)
+
+
 @jit
 def _exp32_core(x):
     # x >= _F32_LO (or NaN, which flows through as NaN), so 2^k is a normal float32.
-    p, k = _exp32_parts(x)
-    return p * float32_from_bits((k + np.int32(127)) << np.int32(23))
+    shifted = fma(x, _F32_LOG2E, _F32_SHIFTER)
+    k = shifted - _F32_SHIFTER
+    r = fma(k, _F32_NEG_LN2[0], x)
+    r = fma(k, _F32_NEG_LN2[1], r)
+    p = _F32_HORNER[0]
+    for c in _F32_HORNER[1:]:
+        p = fma(p, r, c)
+    return p * float32_from_bits(bits_from_float32(shifted) << np.int32(23))
 
 
 @jit
 def _exp64_core(x):
-    p, k = _exp64_parts(x)
-    return p * float64_from_bits((k + np.int64(1023)) << np.int64(52))
+    shifted = fma(x, _F64_LOG2E, _F64_SHIFTER)
+    k = shifted - _F64_SHIFTER
+    r = fma(k, _F64_NEG_LN2[0], x)
+    r = fma(k, _F64_NEG_LN2[1], r)
+    p = _F64_HORNER[0]
+    for c in _F64_HORNER[1:]:
+        p = fma(p, r, c)
+    return p * float64_from_bits(bits_from_float64(shifted) << np.int64(52))
 
 
 def exp_sum(x):
@@ -445,6 +505,43 @@ def _exp_out(x):
 
         return impl
     return None
+
+
+
+def exp_sum_out(x):
+    """(exp_sum(x), exp_out(x)) for x <= 0 from one evaluation: the term a sum adds and the
+    value stored for later use (exact 0 below the normal range, so a masked logit's stored
+    exponential is 0)."""
+
+
+@overload(exp_sum_out, **_INLINE)
+def _exp_sum_out(x):
+    if x == types.float32:
+
+        def impl(x):
+            y = _exp32_core(_F32_LO if x < _F32_LO else x)
+            return y, _F32_ZERO if x < _F32_LO else y
+
+        return impl
+    if x == types.float64:
+
+        def impl(x):
+            y = _exp64_core(_F64_LO if x < _F64_LO else x)
+            return y, 0.0 if x < _F64_LO else y
+
+        return impl
+    return None
+
+
+def holds_compute_type(array):
+    """Whether ``array`` stores its compute type (float32, float64) rather than a narrower
+    one it is widened from (float16, bfloat16): a compile-time constant."""
+
+
+@overload(holds_compute_type, **_INLINE)
+def _holds_compute_type(array):
+    exact = array.dtype in (types.float32, types.float64)
+    return lambda array: exact
 
 
 # Gradual underflow: 2^k applied as 2^(k>>1) * 2^(k - (k>>1)), both factors normal, so results

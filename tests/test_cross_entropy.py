@@ -2023,3 +2023,55 @@ def test_in_place_gradient_allocates_no_n_by_c_array(case):
     assert grad is x
     np.testing.assert_array_equal(grad, expected[1])
     assert peak <= 64 * rows + 256 * 1024, (peak, x.nbytes)  # x is 8 MB; rows take 64 B each
+
+
+# Row lengths around every boundary of the row kernels: the vectorized sums' step (64), the
+# online recurrence's block (512), and short rows that never fill one vector.
+_ROW_LENGTHS = sorted({*range(1, 70), *range(120, 135), 447, 448, 449, *range(505, 521),
+                       575, 576, 577, 1000, 1023, 1024, 1025, 1537, 2049})
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_loss_with_and_without_the_gradient_agree_bitwise_at_every_row_length(dtype):
+    """The gradient path reads each row once and keeps its exponentials in the gradient; the
+    forward path stores nothing. Their losses and lse must still be the same bits, and the
+    gradient the same wherever out lies: in place, right after the input in one buffer
+    (which defeats LLVM's runtime overlap checks), or elsewhere."""
+    rng = _rng("row lengths", dtype.name)
+    for classes in _ROW_LENGTHS:
+        rows = 3
+        x = (rng.standard_normal((rows, classes)) * 4).astype(dtype)
+        x[1, rng.integers(0, classes, classes // 3)] = -np.inf  # masked logits
+        if classes > 600:
+            x[2, : classes // 2] -= 200.0  # the running maximum rises after the first block
+        t = rng.integers(0, classes, rows)
+        w = rng.uniform(0.5, 2.0, classes).astype(dtype)
+        for kwargs in ({}, {"weight": w, "label_smoothing": 0.2}, {"lse_square_scale": 1e-3}):
+            what = f"C={classes} {kwargs.keys()}"
+            loss, lse = fl.cross_entropy(x, t, reduction="none", return_lse=True, **kwargs)
+            fused_loss, grad, fused_lse = fl.cross_entropy_with_grad(
+                x, t, reduction="none", return_lse=True, **kwargs
+            )
+            np.testing.assert_array_equal(fused_loss, loss, err_msg=what)
+            np.testing.assert_array_equal(fused_lse, lse, err_msg=what)
+            g = np.ones(rows, dtype)
+            backward = fl.cross_entropy_backward(g, x, t, reduction="none", **kwargs)
+            np.testing.assert_array_equal(backward, grad, err_msg=what)
+            in_place = x.copy()
+            got_loss, _ = fl.cross_entropy_with_grad(
+                in_place, t, reduction="none", out=in_place, **kwargs
+            )
+            np.testing.assert_array_equal(in_place, grad, err_msg=f"{what} in place")
+            np.testing.assert_array_equal(got_loss, loss, err_msg=f"{what} in place")
+            buffer = np.empty(2 * x.size, dtype)
+            near_x, near_out = buffer[: x.size].reshape(x.shape), buffer[x.size :]
+            near_x[...] = x
+            near_out = near_out.reshape(x.shape)
+            fl.cross_entropy_with_grad(near_x, t, reduction="none", out=near_out, **kwargs)
+            np.testing.assert_array_equal(near_out, grad, err_msg=f"{what} adjacent out")
+        want = reference.cross_entropy(x.astype(F64), t, reduction="none")
+        got = fl.cross_entropy(x, t, reduction="none")
+        # lse - x_t cancels: the error is relative to the logits' size, not the loss's.
+        eps = float(np.finfo(dtype).eps)
+        size = np.max(np.abs(x[np.isfinite(x)]))
+        np.testing.assert_allclose(got, want, rtol=4 * eps, atol=8 * eps * size)

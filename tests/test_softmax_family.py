@@ -1148,3 +1148,45 @@ def test_fast_path_matches_general_path(name, dtype, shape):
         assert got.dtype == x.dtype and got.flags.c_contiguous
     got, ref = _call_both(name, x, 1)
     assert_close(got, ref, x.dtype, shape[1], what=f"{name} fast path")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_kernel_exp_is_within_one_ulp_and_exact_at_the_edges(dtype):
+    """The vectorized exp every row kernel sums and stores (``exp_sum`` / ``exp_out`` /
+    ``exp_sum_out``), against a float64 (float32) or long double (float64) exp, over its
+    range x <= 0 and in a vectorized loop, as the kernels run it."""
+    from fastloss._math import exp_out, exp_sum, exp_sum_out
+
+    @numba.njit
+    def run(x, summed, kept, stored):
+        for j in range(x.shape[0]):
+            summed[j] = exp_sum(x[j])
+            kept[j] = exp_out(x[j])
+        for j in range(x.shape[0]):
+            stored[j] = exp_sum_out(x[j])[1]
+
+    lo = -87.3 if dtype == np.float32 else -708.3
+    rng = np.random.default_rng(11)
+    x = np.concatenate(
+        [rng.uniform(lo, 0.0, 2_000_000), -np.geomspace(1e-30, 2.0, 200_001),
+         np.linspace(lo, 0.0, 100_001)]
+    ).astype(dtype)
+    summed, kept, stored = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    run(x, summed, kept, stored)
+    if dtype == np.float32:
+        want = np.exp(x.astype(np.float64))
+    else:
+        want = np.exp(x.astype(np.longdouble))
+    ulp = np.spacing(want.astype(dtype)).astype(np.longdouble)
+    for got in (summed, kept, stored):
+        error = np.abs(got.astype(np.longdouble) - want) / ulp
+        assert float(error.max()) <= 1.0
+    np.testing.assert_array_equal(kept, stored)
+    edges = np.array([0.0, -0.0, -np.inf, np.nan, 2 * lo, -1e30], dtype)
+    summed, kept, stored = np.empty_like(edges), np.empty_like(edges), np.empty_like(edges)
+    run(edges, summed, kept, stored)
+    np.testing.assert_array_equal(kept[:4], [1.0, 1.0, 0.0, np.nan])
+    np.testing.assert_array_equal(kept[4:], [0.0, 0.0])
+    np.testing.assert_array_equal(stored, kept)
+    assert np.all((summed[2:3] > 0) & (summed[2:3] < 1e-37))  # -inf adds a negligible term
+    assert summed[0] == 1.0 and np.isnan(summed[3])
