@@ -367,7 +367,7 @@ def cross_entropy_rows(
     wide_vectors()
     rows, classes = x.shape
     stored = want_grad and holds_compute_type(grad)
-    chunk = _row_chunk(rows)
+    chunk = _row_chunk(rows, classes)
     for w in prange((rows + chunk - 1) // chunk):
         wide_vectors()
         shifts = np.empty(_block_count(classes) if stored else 0, dtype=np.float64)
@@ -580,7 +580,7 @@ def cross_entropy_capped_rows(
     want_z = row_z.shape[0] > 0
     want_lse = row_lse.shape[0] > 0
     want_correct = row_correct.shape[0] > 0
-    chunk = _row_chunk(rows)
+    chunk = _row_chunk(rows, classes)
     zero = const(x, 0.0)
     for w in prange((rows + chunk - 1) // chunk):
         wide_vectors()

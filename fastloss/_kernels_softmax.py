@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._config import inline, jit, kernel
+from ._config import PARALLEL_MIN_ELEMENTS, inline, jit, kernel
 from ._math import (
     add_exact,
     compute_empty,
@@ -89,6 +89,8 @@ def _exp_sum_block(block, m):
     acc = const(block, 0.0)
     for j in range(main):
         acc = radd(acc, exp_sum(load(block[j]) - m))
+    if main == 0:  # a short block: no slice (a view costs a reference count)
+        return acc + _exp_sum_rest(block, m)
     if main < n:
         return acc + _exp_sum_rest(block[main:], m)
     return acc + const(block, 0.0)
@@ -151,8 +153,12 @@ ROW_CHUNK = 16
 
 
 @jit
-def _row_chunk(rows):
-    """Rows per work item: ROW_CHUNK, or fewer when that would leave threads idle."""
+def _row_chunk(rows, classes):
+    """Rows per work item: all of them when the work is too small to run in parallel (the
+    serial twin, where an allocation per row would cost as much as a short row's work),
+    else ROW_CHUNK, or fewer when that would leave threads idle."""
+    if rows * classes < PARALLEL_MIN_ELEMENTS:
+        return max(rows, 1)
     return min(ROW_CHUNK, max(1, rows // (2 * ROW_CHUNK)))
 
 
@@ -193,6 +199,11 @@ def _exp_in_place(values, m):
         e, kept = exp_sum_out(load(values[j]) - m)
         values[j] = store(kept, values)
         acc = radd(acc, e)
+    if main == 0:  # a short block: no slice (a view costs a reference count)
+        acc = acc + _exp_sum_rest(values, m)
+        for j in range(values.shape[0]):
+            values[j] = store(exp_out(load(values[j]) - m), values)
+        return acc
     if main < n:
         rest = values[main:]
         acc = acc + _exp_sum_rest(rest, m)
@@ -408,7 +419,7 @@ def softmax_rows(x, out, log):
     wide_vectors()
     rows, n = x.shape
     stored = not log and holds_compute_type(out)
-    chunk = _row_chunk(rows)
+    chunk = _row_chunk(rows, n)
     for w in prange((rows + chunk - 1) // chunk):
         wide_vectors()
         shifts = np.empty(_block_count(n) if stored else 0, dtype=np.float64)
