@@ -40,18 +40,13 @@ from ._config import inline, jit, kernel
 from ._kernels_softmax import (
     BLOCK,
     CHANNEL_BLOCK,
-    _block_count,
     _fill_row_nan,
     _fill_special_columns_nan,
     _fold_partials,
     _is_regular,
-    _overlap,
-    _row_chunk,
     _row_state,
-    _row_state_store,
     _special_lse_column,
     _special_lse_row,
-    _stored_factor,
     _tile_bounds,
     _tile_log_sums,
     _tile_max,
@@ -68,11 +63,9 @@ from ._math import (
     const,
     exp_out,
     fmax,
-    holds_compute_type,
     load,
     log_pos,
     log_prob,
-    out_of_line,
     radd,
     store,
     sub_exact,
@@ -96,7 +89,6 @@ def _weighted_gap_row(x, r, weight, m):
     Compute-type partial sums per block, float64 across blocks.
     """
     wide_vectors()
-    out_of_line()
     row = x[r]
     classes = row.shape[0]
     total = 0.0
@@ -124,7 +116,6 @@ def _target_sums_row(x, rx, y, ry, weight, keep, uniform, m):
     The loss is then B + A log s, with no cancellation at large logits.
     """
     wide_vectors()
-    out_of_line()
     xr, yr = x[rx], y[ry]
     classes = xr.shape[0]
     a = 0.0
@@ -169,27 +160,35 @@ def _target_entry_from(others, direct, z_coef, slope_t, softcap):
 
 
 @inline
-def _gradient_block(xb, gb, wb, m, log_s, scale, per_class, grad):
-    """gb = scale * p - per_class * w over one block, p = exp(x - m - log s)."""
+def _overlap(a, b):
+    """Whether the memory of 1-d views a and b overlaps."""
+    a0, b0 = a.ctypes.data, b.ctypes.data
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
+@inline
+def _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad):
+    """gb = (scale * p - per_class * w) * slope over one block, p = exp(x - m - log s)."""
     wide_vectors()
     if per_class != 0.0:
         for j in range(xb.shape[0]):
-            p = exp_out(log_prob(load(xb[j]), m, log_s))
-            gb[j] = store(scale * p - per_class * wb[j], grad)
+            v = load(xb[j])
+            p = exp_out(log_prob(v, m, log_s))
+            gb[j] = store((scale * p - per_class * wb[j]) * cap_slope(v, softcap), grad)
     else:
         for j in range(xb.shape[0]):
-            p = exp_out(log_prob(load(xb[j]), m, log_s))
-            gb[j] = store(scale * p, grad)
+            v = load(xb[j])
+            p = exp_out(log_prob(v, m, log_s))
+            gb[j] = store(scale * p * cap_slope(v, softcap), grad)
 
 
 @jit
-def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row):
-    """grad[g_row, c] = scale * p_c - per_class * w_c for every c, from row r of x; returns
+def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row, softcap):
+    """grad[g_row, c] = (scale * p_c - per_class * w_c) * slope_c for every c, from row r of
+    x, which holds the capped logits when there is a softcap (slope 1 without one); returns
     the float64 sum over c != t (blockwise partial sums, so a large target entry never
-    swamps the others). For gradients that cannot hold the exponentials exactly (float16,
-    bfloat16); the others take _write_stored_gradient_row."""
+    swamps the others)."""
     wide_vectors()
-    out_of_line()
     xr, gr = x[r], grad[g_row]
     classes = xr.shape[0]
     zero = const(x, 0.0)
@@ -197,7 +196,7 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row
     # When grad is x itself (in-place use), a loop that reads x and writes grad fails LLVM's
     # runtime overlap check and runs its scalar version, three times slower: each block is
     # then first copied (from L1) into a buffer of its own. Otherwise the buffer is empty
-    # (still one small allocation per row, on this path for 16-bit gradients only).
+    # (still one small allocation per row: hoisting it out of the prange body is left to do).
     aliased = _overlap(xr, gr)
     block = np.full(min(BLOCK, classes) if aliased else 0, zero)  # the compute type
     for b0 in range(0, classes, BLOCK):
@@ -207,9 +206,9 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row
             vb = block[: b1 - b0]
             for j in range(xb.shape[0]):
                 vb[j] = load(xb[j])
-            _gradient_block(vb, gb, wb, m, log_s, scale, per_class, grad)
+            _gradient_block(vb, gb, wb, m, log_s, scale, per_class, softcap, grad)
         else:
-            _gradient_block(xb, gb, wb, m, log_s, scale, per_class, grad)
+            _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad)
         # Summed in a loop of its own, from the block just written (in L1): in the loop that
         # stores, LLVM's runtime alias check would pick vector or scalar summation order by
         # the arrays' addresses, and the last bit would change from call to call.
@@ -217,56 +216,6 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row
         for j in range(gb.shape[0]):
             acc = radd(acc, load(gb[j]) if b0 + j != t else zero)
         others += acc
-    return others
-
-
-@jit
-def _write_stored_gradient_row(grad, r, shifts, m, s, scale, per_class, weight, t):
-    """grad[r, c] = scale * p_c - per_class * w_c for every c != t, with p_c = e_c exp(m_b -
-    m) / s from the exponentials e_c that _row_state_store left in grad[r]; returns their
-    float64 sum, as _write_gradient_row. grad[r, t] is left for the caller.
-
-    e_t is zeroed first, so the sum needs no test of the class in its loop: the target's term
-    is then -per_class * w_t, which is taken back out after.
-    """
-    wide_vectors()
-    out_of_line()
-    gr = grad[r]
-    classes = gr.shape[0]
-    zero = const(grad, 0.0)
-    gr[t] = store(zero, grad)
-    finite = abs(scale) < np.inf
-    others = 0.0
-    k = 0
-    for b0 in range(0, classes, BLOCK):
-        gb, wb = gr[b0 : min(b0 + BLOCK, classes)], weight[b0 : min(b0 + BLOCK, classes)]
-        f = _stored_factor(shifts[k], m, s)
-        k += 1
-        if finite:
-            factor = const(grad, np.float64(scale) * f)
-        else:
-            # scale * p in that order, as the direct formula: an infinite scale times p = 0
-            # is NaN there too.
-            f_c = const(grad, f)
-            for j in range(gb.shape[0]):
-                gb[j] = store(load(gb[j]) * f_c, grad)
-            factor = scale
-        acc = zero
-        if per_class != zero:
-            for j in range(gb.shape[0]):
-                gb[j] = store(factor * load(gb[j]) - per_class * wb[j], grad)
-            # Summed in a loop of its own: reading weight too, the loop above has a runtime
-            # overlap check, which would choose the summation order (see _exp_in_place).
-            for j in range(gb.shape[0]):
-                acc = radd(acc, load(gb[j]))
-        else:
-            for j in range(gb.shape[0]):
-                d = factor * load(gb[j])
-                gb[j] = store(d, grad)
-                acc = radd(acc, d)
-        others += acc
-    if per_class != zero:
-        others += np.float64(per_class * weight[t])
     return others
 
 
@@ -310,22 +259,6 @@ def _set_row_terms(r, value, row_loss, row_smooth, row_z, smoothing, want_z):
         row_z[r] = value
 
 
-@inline
-def _row_target(target, r, classes, ignore_index, want_grad, want_lse, row_correct, row_loss,
-                row_smooth, row_z, smoothing, want_z):
-    """(t, ignored, finished) for row r of an index-target kernel. An ignored target (or one
-    outside [0, C)) marks row_correct NaN; a row that needs nothing more (ignored, with
-    neither a gradient nor its lse wanted) gets its zero loss terms and is finished."""
-    t = target[r]
-    ignored = t == ignore_index or t < 0 or t >= classes
-    if row_correct.shape[0] > 0 and ignored:
-        row_correct[r] = np.nan
-    if ignored and not want_grad and not want_lse:
-        _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
-        return t, ignored, True
-    return t, ignored, False
-
-
 @jit
 def count_row_targets(target, classes, ignore_index):
     """(how many targets equal ignore_index, whether any other is outside [0, classes)): the
@@ -356,123 +289,76 @@ def cross_entropy_rows(
 
     Extras (each array is empty when not wanted): row_z the z-loss z_scale lse^2 of counted
     rows, row_lse every row's lse, row_correct 1 / 0 whether the argmax is the target (NaN
-    for ignored rows). ``softcap`` is always None here (capped rows run
-    cross_entropy_capped_rows); it keeps the two kernels' arguments the same.
-
-    A float32/float64 gradient row is first filled with the exponentials of its reading pass
-    (_row_state_store), so it costs one exp per element, not two; a float16/bfloat16 one,
-    which cannot hold them exactly, evaluates p = exp(x - lse) again. Either way the loss
-    has the bits it has without a gradient.
+    for ignored rows). ``softcap`` (None or a float) caps the logits first.
     """
     wide_vectors()
     rows, classes = x.shape
-    stored = want_grad and holds_compute_type(grad)
-    chunk = _row_chunk(rows, classes)
-    for w in prange((rows + chunk - 1) // chunk):
-        wide_vectors()
-        shifts = np.empty(_block_count(classes) if stored else 0, dtype=np.float64)
-        for r in range(w * chunk, min(w * chunk + chunk, rows)):
-            _cross_entropy_row(
-                x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step,
-                want_grad, row_loss, row_smooth, grad, z_scale, row_z, row_lse, row_correct,
-                r, stored, shifts,
-            )
-
-
-@inline
-def _row_observations(x, r, t, ignored, m, s, regular, want_lse, want_correct, row_lse,
-                      row_correct, smoothing, weight):
-    """The extras that read row r of x once its state (m, s) is known: row_lse[r],
-    row_correct[r]; -> sum_c w_c (m - x_c) when smoothing (0.0 otherwise)."""
-    if want_lse:
-        row_lse[r] = np.float64(m) + log_pos(s) if regular else _special_lse_row(x, r)
-    if want_correct and not ignored:
-        row_correct[r] = 1.0 if _argmax(x[r], m, regular) == t else 0.0
-    if smoothing and regular and not ignored:
-        return _weighted_gap_row(x, r, weight, m)
-    return 0.0
-
-
-@inline
-def _cross_entropy_row(
-    x, target, weight, weight_sum, ignore_index, eps, upstream, upstream_step, want_grad,
-    row_loss, row_smooth, grad, z_scale, row_z, row_lse, row_correct, r, stored, shifts,
-):
-    """Row r of cross_entropy_rows."""
-    classes = x.shape[1]
     smoothing = eps > 0.0
     want_z = row_z.shape[0] > 0
     want_lse = row_lse.shape[0] > 0
     want_correct = row_correct.shape[0] > 0
-    t, ignored, finished = _row_target(
-        target, r, classes, ignore_index, want_grad, want_lse, row_correct, row_loss,
-        row_smooth, row_z, smoothing, want_z,
-    )
-    if finished:
-        return
-    one_exp = stored and not ignored
-    # Read before the gradient is written: out may be the input.
-    x_t = load(x[r, t]) if not ignored else const(x, 0.0)
-    gap = 0.0
-    if one_exp:
-        if (want_lse or want_correct or smoothing) and _overlap(x[r], grad[r]):
-            # In place, the row is overwritten by its exponentials: what reads it goes first.
-            m, s = _row_state(x, r, 0, classes)
-            gap = _row_observations(x, r, t, ignored, m, s, _is_regular(m, s), want_lse,
-                                    want_correct, row_lse, row_correct, smoothing, weight)
-            m, s = _row_state_store(x, r, grad, r, shifts)
-            if want_lse and _is_regular(m, s):  # the same bits as without out=
-                row_lse[r] = np.float64(m) + log_pos(s)
-        else:
-            m, s = _row_state_store(x, r, grad, r, shifts)
-            gap = _row_observations(x, r, t, ignored, m, s, _is_regular(m, s), want_lse,
-                                    want_correct, row_lse, row_correct, smoothing, weight)
-    else:
-        m, s = _row_state(x, r, 0, classes)
-        gap = _row_observations(x, r, t, ignored, m, s, _is_regular(m, s), want_lse,
-                                want_correct, row_lse, row_correct, smoothing, weight)
-    regular = _is_regular(m, s)
-    if ignored:
-        # The loss is 0, but torch's gradient of a row whose softmax is NaN is NaN.
-        _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
-        if want_grad:
-            if regular:
-                _zero_row(grad, r)
-            else:
+    for r in prange(rows):
+        wide_vectors()
+        t = target[r]
+        ignored = t == ignore_index or t < 0 or t >= classes
+        if want_correct and ignored:
+            row_correct[r] = np.nan
+        if ignored and not want_grad and not want_lse:
+            _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
+            continue
+        xs, rs = capped_row(x, r, softcap)  # x itself, or the row capped once into a copy
+        m, s = _row_state(xs, rs, 0, classes)
+        regular = _is_regular(m, s)
+        if want_lse:
+            row_lse[r] = np.float64(m) + log_pos(s) if regular else _special_lse_row(xs, rs)
+        if want_correct and not ignored:
+            row_correct[r] = 1.0 if _argmax(xs[rs], m, regular) == t else 0.0
+        if ignored:
+            # The loss is 0, but torch's gradient of a row whose softmax is NaN is NaN.
+            _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
+            if want_grad:
+                if regular:
+                    _zero_row(grad, r)
+                else:
+                    _fill_row_nan(grad, r)
+            continue
+        if not regular:
+            _set_row_terms(r, np.nan, row_loss, row_smooth, row_z, smoothing, want_z)
+            if want_grad:
                 _fill_row_nan(grad, r)
-        return
-    if not regular:
-        _set_row_terms(r, np.nan, row_loss, row_smooth, row_z, smoothing, want_z)
-        if want_grad:
-            _fill_row_nan(grad, r)
-        return
-    log_s = log_pos(s)
-    lse = np.float64(m) + log_s
-    w_t = np.float64(weight[t])
-    row_loss[r] = w_t * _nll_term(m, x_t, log_s)
-    if smoothing:
-        row_smooth[r] = gap + weight_sum * log_s
-    if want_z:
-        row_z[r] = z_scale * lse * lse
-    if not want_grad:
-        return
-    g = np.float64(load(upstream[r * upstream_step]))
-    z_coef = 2.0 * g * z_scale * lse if want_z else 0.0
-    scale = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef)
-    log_s_c = const(x, log_s)
-    # Not g * 0 without smoothing: an infinite g (zero weight sum) must not make it NaN.
-    per_class = const(x, g * eps / classes if smoothing else 0.0)
-    if one_exp:
-        others = _write_stored_gradient_row(grad, r, shifts, m, s, scale, per_class,
-                                            weight, t)
-    else:
-        others = _write_gradient_row(x, r, m, log_s_c, scale, per_class, weight, t, grad, r)
-    p_t = exp_out(log_prob(x_t, m, log_s_c))
-    nll_coef = const(x, g * (1.0 - eps) * w_t)
-    entry = _target_entry(
-        others, scale, p_t, per_class, weight[t], nll_coef, z_coef, const(x, 1.0), None
-    )
-    grad[r, t] = store(entry, grad)
+            continue
+        log_s = log_pos(s)
+        lse = np.float64(m) + log_s
+        w_t = np.float64(weight[t])
+        # Read before the gradient is written: out may be the input.
+        x_t = load(xs[rs, t])
+        slope_t = cap_slope(x_t, softcap)
+        row_loss[r] = w_t * _nll_term(m, x_t, log_s)
+        if smoothing:
+            row_smooth[r] = _weighted_gap_row(xs, rs, weight, m) + weight_sum * log_s
+        if want_z:
+            row_z[r] = z_scale * lse * lse
+        if not want_grad:
+            continue
+        g = np.float64(load(upstream[r * upstream_step]))
+        z_coef = 2.0 * g * z_scale * lse if want_z else 0.0
+        scale = const(x, g * ((1.0 - eps) * w_t + eps * weight_sum / classes) + z_coef)
+        log_s_c = const(x, log_s)
+        # Not g * 0 without smoothing: an infinite g (zero weight sum) must not make it NaN.
+        per_class = const(x, g * eps / classes if smoothing else 0.0)
+        others = _write_gradient_row(
+            xs, rs, m, log_s_c, scale, per_class, weight, t, grad, r, softcap
+        )
+        p_t = exp_out(log_prob(x_t, m, log_s_c))
+        nll_coef = const(x, g * (1.0 - eps) * w_t)
+        entry = _target_entry(
+            others, scale, p_t, per_class, weight[t], nll_coef, z_coef, slope_t, softcap
+        )
+        grad[r, t] = store(entry, grad)
+
+
+# Rows per work item of cross_entropy_capped_rows: each item allocates its scratch once.
+CAPPED_CHUNK = 16
 
 
 @jit
@@ -480,7 +366,6 @@ def _cap_block(x, r, b0, b1, scratch, softcap, fixed):
     """Caps x[r, b0:b1] into scratch[0, b0:b1] and, with the fixed shift c (see _capped_pass),
     stores exp(capped - c) into scratch[1, b0:b1]; -> (block max, block sum)."""
     wide_vectors()
-    out_of_line()
     xb, vb, eb = x[r, b0:b1], scratch[0, b0:b1], scratch[1, b0:b1]
     c = const(x, softcap)
     bm = const(x, -np.inf)
@@ -530,7 +415,6 @@ def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad,
     so a row's bits do not depend on whether it was capped alongside another row's gradient.
     """
     wide_vectors()
-    out_of_line()
     classes = x.shape[1]
     c = const(x, softcap)
     neg_inf = const(x, -np.inf)
@@ -569,7 +453,7 @@ def cross_entropy_capped_rows(
 ):
     """cross_entropy_rows with a softcap (a float): the same arguments and results.
 
-    Work items are _row_chunk rows sharing one scratch allocation: two rows of capped
+    Work items are CAPPED_CHUNK rows sharing one scratch allocation: two rows of capped
     logits and their exponentials, so the next row is capped while this row's gradient is
     written (_capped_pass). The target's gradient entry is torch's direct formula times its
     slope, so no pass sums the others.
@@ -580,7 +464,7 @@ def cross_entropy_capped_rows(
     want_z = row_z.shape[0] > 0
     want_lse = row_lse.shape[0] > 0
     want_correct = row_correct.shape[0] > 0
-    chunk = _row_chunk(rows, classes)
+    chunk = min(CAPPED_CHUNK, max(1, rows // (2 * CAPPED_CHUNK)))
     zero = const(x, 0.0)
     for w in prange((rows + chunk - 1) // chunk):
         wide_vectors()
@@ -590,11 +474,12 @@ def cross_entropy_capped_rows(
         ready = -1  # the row whose state is in scratch[cur] already
         m, shift, s, m_block = zero, zero, 0.0, 0
         for r in range(w * chunk, end):
-            t, ignored, finished = _row_target(
-                target, r, classes, ignore_index, want_grad, want_lse, row_correct, row_loss,
-                row_smooth, row_z, smoothing, want_z,
-            )
-            if finished:
+            t = target[r]
+            ignored = t == ignore_index or t < 0 or t >= classes
+            if want_correct and ignored:
+                row_correct[r] = np.nan
+            if ignored and not want_grad and not want_lse:
+                _set_row_terms(r, 0.0, row_loss, row_smooth, row_z, smoothing, want_z)
                 continue
             here = scratch[cur]
             if ready != r:

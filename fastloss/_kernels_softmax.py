@@ -22,30 +22,24 @@ sum is NaN, is resolved by ``_special_lse`` exactly as torch does (any NaN -> Na
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import prange
 
-from ._config import PARALLEL_MIN_ELEMENTS, inline, jit, kernel
+from ._config import inline, jit, kernel
 from ._math import (
     add_exact,
     compute_empty,
     const,
-    data_address,
     exp_fine,
     exp_out,
     exp_overflows,
     exp_sum,
-    exp_sum_out,
     fmax,
-    holds_compute_type,
     load,
     log1p_unit,
     log_pos,
     log_prob,
     mul_exact,
-    out_of_line,
     radd,
     store,
     sub_exact,
@@ -61,41 +55,6 @@ BLOCK = 512
 # Row layout helpers
 
 
-# How a block's exponentials are summed, identically by _row_state (which stores nothing) and
-# _row_state_store (which stores them): the first multiple of SUM_STEP elements in one
-# vectorized loop, then the rest by _exp_sum_rest. LLVM vectorizes both main loops alike
-# (16 x 4 float32 lanes, 8 x 4 float64: a multiple of SUM_STEP leaves no remainder), but
-# it may treat the remainder of a loop that stores differently from one that does not, so
-# the rest is summed by one compiled function that stores nothing, called by both.
-SUM_STEP = 64
-
-
-@jit
-def _exp_sum_rest(values, m):
-    """sum exp_sum(values - m): the rest of a block after its SUM_STEP multiple."""
-    wide_vectors()
-    out_of_line()
-    acc = const(values, 0.0)
-    for j in range(values.shape[0]):
-        acc = radd(acc, exp_sum(load(values[j]) - m))
-    return acc
-
-
-@inline
-def _exp_sum_block(block, m):
-    """sum exp(block - m) as _row_state adds it (exp_sum: below the normal range ~1e-38)."""
-    n = block.shape[0]
-    main = n - n % SUM_STEP
-    acc = const(block, 0.0)
-    for j in range(main):
-        acc = radd(acc, exp_sum(load(block[j]) - m))
-    if main == 0:  # a short block: no slice (a view costs a reference count)
-        return acc + _exp_sum_rest(block, m)
-    if main < n:
-        return acc + _exp_sum_rest(block[main:], m)
-    return acc + const(block, 0.0)
-
-
 # Helpers with a reassociating sum (radd) are compiled once as functions of their own, never
 # inlined (`inline`): a copy inlined into the serial and into the parallel twin may be
 # vectorized with different interleaving in each, and the sum would then round differently
@@ -104,7 +63,6 @@ def _exp_sum_block(block, m):
 def _row_state(x, r, start, stop):
     """(max, float64 sum of exp(x - max)) of x[r, start:stop], reading it from memory once."""
     wide_vectors()
-    out_of_line()
     # Loops index 1-d slices from 0: an index Numba cannot prove non-negative gets a
     # wraparound select, and LLVM then emits gathers instead of contiguous vector loads.
     row = x[r]
@@ -117,7 +75,10 @@ def _row_state(x, r, start, stop):
         for j in range(block.shape[0]):
             m = fmax(m, load(block[j]))
         if m > neg_inf:
-            return m, np.float64(_exp_sum_block(block, m))
+            acc = const(x, 0.0)
+            for j in range(block.shape[0]):
+                acc = radd(acc, exp_sum(load(block[j]) - m))
+            return m, np.float64(acc)
     m = neg_inf
     s = 0.0
     for b0 in range(start, stop, BLOCK):
@@ -137,150 +98,11 @@ def _row_state(x, r, start, stop):
                 if v != v:
                     s = np.nan
             continue
-        s += _exp_sum_block(block, m)
+        acc = const(x, 0.0)
+        for j in range(block.shape[0]):
+            acc = radd(acc, exp_sum(load(block[j]) - m))
+        s += acc
     return m, s
-
-
-@inline
-def _overlap(a, b):
-    """Whether the memory of 1-d views a and b overlaps."""
-    a0, b0 = data_address(a), data_address(b)
-    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
-
-
-# Rows per work item of the kernels that allocate scratch: one allocation per item, not per row.
-ROW_CHUNK = 16
-
-
-@jit
-def _row_chunk(rows, classes):
-    """Rows per work item: all of them when the work is too small to run in parallel (the
-    serial twin, where an allocation per row would cost as much as a short row's work),
-    else ROW_CHUNK, or fewer when that would leave threads idle."""
-    if rows * classes < PARALLEL_MIN_ELEMENTS:
-        return max(rows, 1)
-    return min(ROW_CHUNK, max(1, rows // (2 * ROW_CHUNK)))
-
-
-@jit
-def _block_count(n):
-    return max(1, (n + BLOCK - 1) // BLOCK)
-
-
-@inline
-def _block_max_copy(src, dst, aliased):
-    """max of src, copying src into dst on the way (unless dst is src)."""
-    bm = const(src, -np.inf)
-    if aliased:
-        for j in range(src.shape[0]):
-            bm = fmax(bm, load(src[j]))
-    else:
-        for j in range(src.shape[0]):
-            v = load(src[j])
-            dst[j] = store(v, dst)
-            bm = fmax(bm, v)
-    return bm
-
-
-@inline
-def _exp_in_place(values, m):
-    """values = exp(values - m) (exact 0 below the normal range); -> their sum as
-    _exp_sum_block adds it, bit for bit.
-
-    The loop reads and writes one array: a loop that reads one array and writes another has
-    a runtime overlap check, which LLVM makes conservatively (arrays merely close together
-    fail it) and which picks a vector or a scalar summation order, so the sum's last bit
-    would depend on where the arrays happen to lie.
-    """
-    n = values.shape[0]
-    main = n - n % SUM_STEP
-    acc = const(values, 0.0)
-    for j in range(main):
-        e, kept = exp_sum_out(load(values[j]) - m)
-        values[j] = store(kept, values)
-        acc = radd(acc, e)
-    if main == 0:  # a short block: no slice (a view costs a reference count)
-        acc = acc + _exp_sum_rest(values, m)
-        for j in range(values.shape[0]):
-            values[j] = store(exp_out(load(values[j]) - m), values)
-        return acc
-    if main < n:
-        rest = values[main:]
-        acc = acc + _exp_sum_rest(rest, m)
-        for j in range(rest.shape[0]):
-            rest[j] = store(exp_out(load(rest[j]) - m), values)
-        return acc
-    return acc + const(values, 0.0)
-
-
-@jit
-def _row_state_store(x, r, dst, d_row, shifts):
-    """_row_state of the whole row x[r] that also leaves e_c = exp(x_c - m_b) in dst[d_row],
-    m_b = shifts[b] being the running maximum when block b was read: a later pass then gets
-    p_c = e_c exp(m_b - lse) with one multiplication instead of a second exp per element.
-
-    (m, s) are _row_state's, bit for bit (see SUM_STEP; tests check it), so a loss computed
-    with its gradient equals the loss computed alone. The block is copied into dst during
-    the max pass and exponentiated in place. dst[d_row] may be x[r] itself; blocks read
-    before any finite value hold 0. dst must hold the compute type (holds_compute_type).
-    """
-    wide_vectors()
-    out_of_line()
-    row, dr = x[r], dst[d_row]
-    n = row.shape[0]
-    aliased = _overlap(row, dr)
-    neg_inf = const(x, -np.inf)
-    if n <= BLOCK:
-        m = _block_max_copy(row, dr, aliased)
-        if m > neg_inf:
-            shifts[0] = m
-            return m, np.float64(_exp_in_place(dr, m))
-    m = neg_inf
-    s = 0.0
-    k = 0
-    for b0 in range(0, n, BLOCK):
-        block, eb = row[b0 : min(b0 + BLOCK, n)], dr[b0 : min(b0 + BLOCK, n)]
-        bm = _block_max_copy(block, eb, aliased)
-        if bm > m:
-            if s != 0.0:
-                s *= exp_sum(np.float64(m) - np.float64(bm))
-            m = bm
-        shifts[k] = m
-        k += 1
-        if m == neg_inf:
-            zero = const(x, 0.0)
-            for j in range(eb.shape[0]):
-                v = load(eb[j])
-                if v != v:
-                    s = np.nan
-                eb[j] = store(zero, dst)
-            continue
-        s += _exp_in_place(eb, m)
-    return m, s
-
-
-@jit
-def _stored_factor(shift, m, s):
-    """exp(m_b - m) / s in float64: turns a stored e_c of block b into p_c. Blocks read once
-    the maximum was reached (every block of a short row) have m_b = m and need no exp."""
-    if shift == m:
-        return 1.0 / s
-    return math.exp(np.float64(shift) - np.float64(m)) / s
-
-
-@jit
-def _scale_stored_row(out, r, shifts, m, s):
-    """out[r] = softmax from the exponentials _row_state_store left in it."""
-    wide_vectors()
-    row = out[r]
-    n = row.shape[0]
-    k = 0
-    for b0 in range(0, n, BLOCK):
-        eb = row[b0 : min(b0 + BLOCK, n)]
-        f = const(out, _stored_factor(shifts[k], m, s))
-        k += 1
-        for j in range(eb.shape[0]):
-            eb[j] = store(load(eb[j]) * f, out)
 
 
 @jit
@@ -342,7 +164,6 @@ def _lse_shift(x, m, s):
 def _row_dot(g, x, r, m, log_s, with_probabilities):
     """sum_j g[r, j] * p[r, j] (or sum_j g[r, j]), blockwise with a float64 total."""
     wide_vectors()
-    out_of_line()
     n = x.shape[1]
     total = 0.0
     for b0 in range(0, n, BLOCK):
@@ -411,35 +232,15 @@ def lse_rows_split(x, out, chunk):
 
 @kernel
 def softmax_rows(x, out, log):
-    """out = softmax(x) or log_softmax(x) along rows.
-
-    softmax into float32/float64 keeps each exponential of the reading pass in out and
-    rescales it (_row_state_store); log_softmax needs no exponential after that pass.
-    """
-    wide_vectors()
-    rows, n = x.shape
-    stored = not log and holds_compute_type(out)
-    chunk = _row_chunk(rows, n)
-    for w in prange((rows + chunk - 1) // chunk):
-        wide_vectors()
-        shifts = np.empty(_block_count(n) if stored else 0, dtype=np.float64)
-        for r in range(w * chunk, min(w * chunk + chunk, rows)):
-            _softmax_row(x, out, r, log, stored, shifts)
-
-
-@inline
-def _softmax_row(x, out, r, log, stored, shifts):
+    """out = softmax(x) or log_softmax(x) along rows."""
     wide_vectors()
     n = x.shape[1]
-    if stored:
-        m, s = _row_state_store(x, r, out, r, shifts)
-    else:
-        m, s = _row_state(x, r, 0, n)
-    if not _is_regular(m, s):
-        _fill_row_nan(out, r)
-    elif stored:
-        _scale_stored_row(out, r, shifts, m, s)
-    else:
+    for r in prange(x.shape[0]):
+        wide_vectors()
+        m, s = _row_state(x, r, 0, x.shape[1])
+        if not _is_regular(m, s):
+            _fill_row_nan(out, r)
+            continue
         log_s = _row_log_sum(x, m, s)
         xr, yr = x[r], out[r]
         if log:

@@ -39,20 +39,6 @@ def _llvm_float(numba_type):
 
 
 @intrinsic
-def data_address(typingctx, array):
-    """The address of an array's first element, as an integer (``array.ctypes.data`` builds
-    a ctypes object, about 25 ns)."""
-    if not isinstance(array, types.Array):
-        return None
-
-    def codegen(context, builder, signature, args):
-        proxy = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
-        return builder.ptrtoint(proxy.data, context.get_value_type(types.intp))
-
-    return types.intp(array), codegen
-
-
-@intrinsic
 def rint(typingctx, x):
     """Round to nearest even; ``math.floor`` would cost a float -> int64 -> float round trip."""
     if x not in (types.float32, types.float64):
@@ -99,24 +85,6 @@ def wide_vectors(typingctx):
         # llvmlite validates attribute names against a fixed list; this one is a string
         # attribute LLVM reads per function.
         set.add(builder.function.attributes, f'"prefer-vector-width"="{VECTOR_WIDTH}"')
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-@intrinsic
-def out_of_line(typingctx):
-    """Keep the calling function out of its callers (LLVM's ``noinline``).
-
-    For helpers whose sums must round the same way wherever they are called from: a copy
-    inlined into a caller is optimized again in that caller's context, and the additions of
-    a reassociable sum may then be regrouped differently in each (the serial and the
-    parallel twin, the loss with and without its gradient, code compiled in this process
-    and code loaded from the cache). Out of line, every caller runs the same machine code.
-    """
-
-    def codegen(context, builder, signature, args):
-        builder.function.attributes.add("noinline")
         return context.get_dummy_value()
 
     return types.none(), codegen
@@ -362,8 +330,8 @@ def _compute_empty(like, rows, n):
 # exp
 
 # float32: two-constant Cody-Waite reduction (Cephes) and a degree-6 near-minimax polynomial,
-# <= 1.3 ulp over the normal range in this form (_exp32_parts, used by exp_fine); the Horner form
-# below is <= 1 ulp. Below LO the result would be subnormal and k + 127 <= 0.
+# <= 1.3 ulp in this form (_exp32_parts, used by exp_fine); the Horner form below is <= 1 ulp.
+# Below LO the result would be subnormal and k + 127 <= 0.
 _F32_LOG2E = np.float32(1.4426950408889634)
 _F32_LN2_HI = np.float32(0.693359375)
 _F32_LN2_LO = np.float32(-2.12194440e-4)
@@ -424,7 +392,7 @@ def _exp64_parts(x):
     return fma(r * r, q, r + 1.0), np.int64(k)
 
 
-# The exp of sums and stored exponentials (x >= LO): k = rint(x log2 e) by the round-to-
+# The exp of the kernels' sums and outputs (x >= LO): k = rint(x log2 e) by the round-to-
 # nearest of adding a shifter (1.5 * 2^23, plus the exponent bias, whose low mantissa bits
 # then hold k + 127 and shift straight into 2^k's exponent field), and the polynomial in
 # Horner form. Against rint, a float -> int conversion and the form 1 + r + r^2 q(r), that
@@ -505,43 +473,6 @@ def _exp_out(x):
 
         return impl
     return None
-
-
-
-def exp_sum_out(x):
-    """(exp_sum(x), exp_out(x)) for x <= 0 from one evaluation: the term a sum adds and the
-    value stored for later use (exact 0 below the normal range, so a masked logit's stored
-    exponential is 0)."""
-
-
-@overload(exp_sum_out, **_INLINE)
-def _exp_sum_out(x):
-    if x == types.float32:
-
-        def impl(x):
-            y = _exp32_core(_F32_LO if x < _F32_LO else x)
-            return y, _F32_ZERO if x < _F32_LO else y
-
-        return impl
-    if x == types.float64:
-
-        def impl(x):
-            y = _exp64_core(_F64_LO if x < _F64_LO else x)
-            return y, 0.0 if x < _F64_LO else y
-
-        return impl
-    return None
-
-
-def holds_compute_type(array):
-    """Whether ``array`` stores its compute type (float32, float64) rather than a narrower
-    one it is widened from (float16, bfloat16): a compile-time constant."""
-
-
-@overload(holds_compute_type, **_INLINE)
-def _holds_compute_type(array):
-    exact = array.dtype in (types.float32, types.float64)
-    return lambda array: exact
 
 
 # Gradual underflow: 2^k applied as 2^(k>>1) * 2^(k - (k>>1)), both factors normal, so results
