@@ -28,22 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ce_extras_interleaved import EXTRAS  # the variants, defined once
 
 import fastloss as fl
 
-EXTRAS = {
-    "plain": {},
-    "z-loss": {"lse_square_scale": 1e-4},
-    "softcap": {"softcap": 30.0},
-    "return_lse": {"return_lse": True},
-    "return_accuracy": {"return_accuracy": True},
-    "all": {
-        "lse_square_scale": 1e-4,
-        "softcap": 30.0,
-        "return_lse": True,
-        "return_accuracy": True,
-    },
-}
 SHAPE, SMOKE_SHAPE = (4096, 32000), (8, 32000)
 LINEAR, SMOKE_LINEAR = (8192, 1024, 32000), (64, 32, 500)
 
