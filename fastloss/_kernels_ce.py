@@ -55,12 +55,14 @@ from ._kernels_softmax import (
 )
 from ._math import (
     add_exact,
+    cap_into,
     cap_slope,
-    capped,
     capped_row,
     capped_tile,
     choose,
+    compute_empty,
     const,
+    exp_normal,
     exp_out,
     fmax,
     load,
@@ -358,56 +360,61 @@ def cross_entropy_rows(
 
 
 # Rows per work item of cross_entropy_capped_rows: each item allocates its scratch once.
-CAPPED_CHUNK = 16
+CAPPED_CHUNK = 64
 
 
 @jit
-def _cap_block(x, r, b0, b1, scratch, softcap, fixed):
+def _cap_block(x, r, b0, b1, scratch, softcap, fixed, want_max):
     """Caps x[r, b0:b1] into scratch[0, b0:b1] and, with the fixed shift c (see _capped_pass),
-    stores exp(capped - c) into scratch[1, b0:b1]; -> (block max, block sum)."""
+    stores e = exp(capped - c) times the slope of the cap (the gradient's chain-rule factor)
+    into scratch[1, b0:b1]; -> (block max, block sum of e). The max is -inf unless wanted or
+    needed (no fixed shift): a loop of its own, from L1."""
     wide_vectors()
     xb, vb, eb = x[r, b0:b1], scratch[0, b0:b1], scratch[1, b0:b1]
     c = const(x, softcap)
+    cap_into(xb, vb, softcap)
     bm = const(x, -np.inf)
-    for j in range(xb.shape[0]):
-        v = capped(load(xb[j]), softcap)
-        vb[j] = v
-        bm = fmax(bm, v)
+    if want_max or not fixed:
+        for j in range(vb.shape[0]):
+            bm = fmax(bm, vb[j])
     acc = const(x, 0.0)
     if fixed:
-        # A loop of its own: fused into the one above, LLVM vectorizes it worse (1.25x slower).
+        # A loop of its own: fused into the capping, LLVM vectorizes it worse (1.25x slower).
+        # capped - c >= -2c, whose exp is normal (that is what fixed means): no clamp.
         for j in range(vb.shape[0]):
-            e = exp_out(vb[j] - c)
-            eb[j] = e
+            v = vb[j]
+            e = exp_normal(v - c)
+            eb[j] = e * cap_slope(v, softcap)
             acc = radd(acc, e)
     return bm, acc
 
 
 @jit
 def _write_capped_gradient_block(cur, b0, b1, scale_s, per_class, weight, grad, r, softcap):
-    """grad[r, b0:b1] = (scale_s * e - per_class * w) * slope from the capped logits and
-    exponentials of row r in cur (scale_s already divided by the sum)."""
+    """grad[r, b0:b1] = (scale_s * e - per_class * w) * slope from the capped logits and the
+    exponentials times their slopes of row r in cur (scale_s already divided by the sum)."""
     wide_vectors()
     vb, eb, gb, wb = cur[0, b0:b1], cur[1, b0:b1], grad[r, b0:b1], weight[b0:b1]
     if per_class != const(cur, 0.0):
         for j in range(vb.shape[0]):
-            d = (scale_s * eb[j] - per_class * wb[j]) * cap_slope(vb[j], softcap)
+            d = scale_s * eb[j] - per_class * wb[j] * cap_slope(vb[j], softcap)
             gb[j] = store(d, grad)
     else:
         for j in range(vb.shape[0]):
-            gb[j] = store(scale_s * eb[j] * cap_slope(vb[j], softcap), grad)
+            gb[j] = store(scale_s * eb[j], grad)
 
 
 @jit
-def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad, r):
+def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad, r, want_max):
     """One pass over the columns that writes the gradient of row r (r >= 0) from cur and
     caps row r_next of x (r_next >= 0) into nxt; -> r_next's (max, shift, float64 sum of
-    exp(capped - shift), first block holding the max).
+    exp(capped - shift), first block holding the max). The max and its block are there when
+    ``want_max`` asks for them (for the argmax), or when the shift is the max.
 
     Capped logits lie in [-c, c], so shift = c needs no running max: while exp(-2c) is a
     normal number (c <= 43 in float32) no term underflows, the gradient reads p = e / s from
-    scratch instead of evaluating a second exp, and the capping, the exponentials, the max
-    and the sum take one pass over the row. Larger caps shift by the max in a second pass.
+    scratch instead of evaluating a second exp, and the capping, the exponentials and the
+    sum take one pass over the row. Larger caps shift by the max in a second pass.
 
     Both at once, block by block, because the gradient is bound by memory (its stores) and
     the capping by arithmetic: interleaved, each hides the other. The input row r is not
@@ -427,7 +434,7 @@ def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad,
         if r >= 0:
             _write_capped_gradient_block(cur, b0, b1, scale_s, per_class, weight, grad, r, softcap)
         if r_next >= 0:
-            bm, acc = _cap_block(x, r_next, b0, b1, nxt, softcap, fixed)
+            bm, acc = _cap_block(x, r_next, b0, b1, nxt, softcap, fixed, want_max)
             s += acc
             if bm > m:
                 m, m_block = bm, b0
@@ -439,8 +446,9 @@ def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad,
         vb, eb = values[b0:b1], exps[b0:b1]
         acc = const(x, 0.0)
         for j in range(vb.shape[0]):
-            e = exp_out(vb[j] - m)  # all NaN: m = -inf, and NaN - -inf stays NaN
-            eb[j] = e
+            v = vb[j]
+            e = exp_out(v - m)  # all NaN: m = -inf, and NaN - -inf stays NaN
+            eb[j] = e * cap_slope(v, softcap)
             acc = radd(acc, e)
         s += acc
     return m, m, s, m_block
@@ -454,8 +462,8 @@ def cross_entropy_capped_rows(
     """cross_entropy_rows with a softcap (a float): the same arguments and results.
 
     Work items are CAPPED_CHUNK rows sharing one scratch allocation: two rows of capped
-    logits and their exponentials, so the next row is capped while this row's gradient is
-    written (_capped_pass). The target's gradient entry is torch's direct formula times its
+    logits and their exponentials times their slopes, so the next row is capped while this
+    row's gradient is written (_capped_pass). The target's gradient entry is torch's direct formula times its
     slope, so no pass sums the others.
     """
     wide_vectors()
@@ -464,11 +472,11 @@ def cross_entropy_capped_rows(
     want_z = row_z.shape[0] > 0
     want_lse = row_lse.shape[0] > 0
     want_correct = row_correct.shape[0] > 0
-    chunk = min(CAPPED_CHUNK, max(1, rows // (2 * CAPPED_CHUNK)))
+    chunk = min(CAPPED_CHUNK, max(1, rows // 16))
     zero = const(x, 0.0)
     for w in prange((rows + chunk - 1) // chunk):
         wide_vectors()
-        scratch = np.full((2, 2, classes), zero)  # the compute type
+        scratch = compute_empty(x, 4, classes).reshape((2, 2, classes))  # written before read
         end = min(w * chunk + chunk, rows)
         cur = 0
         ready = -1  # the row whose state is in scratch[cur] already
@@ -484,7 +492,7 @@ def cross_entropy_capped_rows(
             here = scratch[cur]
             if ready != r:
                 m, shift, s, m_block = _capped_pass(
-                    x, r, softcap, here, here, zero, zero, weight, grad, -1
+                    x, r, softcap, here, here, zero, zero, weight, grad, -1, want_correct
                 )
             # No NaN: every capped logit is finite, and s >= exp(min(m - shift, -2c)) > 0.
             regular = s == s and s > 0.0
@@ -528,11 +536,12 @@ def cross_entropy_capped_rows(
             r_next = r + 1 if r + 1 < end else -1
             nxt = scratch[1 - cur]
             state = _capped_pass(
-                x, r_next, softcap, nxt, here, scale_s, per_class, weight, grad, r
+                x, r_next, softcap, nxt, here, scale_s, per_class, weight, grad, r, want_correct
             )
             nll_coef = const(x, g * (1.0 - eps) * w_t)
-            entry = scale_s * here[1, t] - per_class * weight[t] - nll_coef
-            grad[r, t] = store(entry * cap_slope(v_t, softcap), grad)
+            slope_t = cap_slope(v_t, softcap)
+            entry = scale_s * here[1, t] - (per_class * weight[t] + nll_coef) * slope_t
+            grad[r, t] = store(entry, grad)
             if r_next >= 0:
                 m, shift, s, m_block = state
                 cur = 1 - cur

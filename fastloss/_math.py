@@ -30,6 +30,11 @@ from ._config import FASTMATH, VECTOR_WIDTH, jit
 
 _INLINE = dict(fastmath=set(FASTMATH), jit_options=dict(fastmath=set(FASTMATH)))
 
+# Block length of the kernels' loops over a row: B = 256-512 keeps the block in L1 while the
+# hardware prefetcher streams the next one; 1024+ loses 15-35 % at large C (kernel-notes.md
+# section 2).
+BLOCK = 512
+
 # ---------------------------------------------------------------------------------------------
 # LLVM intrinsics
 
@@ -439,6 +444,20 @@ def exp_out(x):
     """exp(x) for x <= 0 whose result is stored: exact 0 below the normal range; NaN stays NaN."""
 
 
+def exp_normal(x):
+    """exp(x) for x whose exp is a normal number (x >= -87.33 in float32, -708.39 in float64)
+    or NaN: exp_sum and exp_out without their clamp, for callers that know the range."""
+
+
+@overload(exp_normal, **_INLINE)
+def _exp_normal(x):
+    if x == types.float32:
+        return lambda x: _exp32_core(x)
+    if x == types.float64:
+        return lambda x: _exp64_core(x)
+    return None
+
+
 @overload(exp_sum, **_INLINE)
 def _exp_sum(x):
     if x == types.float32:
@@ -829,9 +848,103 @@ def _capped(v, softcap):
     return impl
 
 
+# float32 logits within the cap (|x| <= c, so |x / c| <= 1): tanh(u) = u P(u^2) with P of
+# degree 6: no division, no clamp, about half the operations of tanh_any. Relative minimax fit
+# (Lawson weights, float64) on u in [0, 1]: fit error 5e-8; evaluated in float32 as
+# x P((x / c)^2) it is within 2.3 ulp of c tanh(x / c), closer than capped (5.1 ulp), and never
+# beyond c (tests/test_ce_extras.py). Highest power first, for Horner.
+_TANH32_WITHIN_P = tuple(np.float32(c) for c in reversed((
+    0.9999999502194369, -0.33332839095350963, 0.13325203669049593, -0.0534570179787019,
+    0.020289965347210406, -0.006203370527706335, 0.0010410210719711823,
+)))
+
+
+def capped_within(v, softcap):
+    """capped(v, softcap) for |v| <= softcap, cheaper in float32; in float64, capped itself.
+    Outside that bound it is not tanh: callers go through cap_into, which checks."""
+
+
+@overload(capped_within, **_INLINE)
+def _capped_within(v, softcap):
+    if v == types.float32:
+
+        def impl32(v, softcap):
+            u = v * (_F32_ONE / np.float32(softcap))
+            s = u * u
+            p = _TANH32_WITHIN_P[0]
+            for c in _TANH32_WITHIN_P[1:]:
+                p = fma(p, s, c)
+            return v * p
+
+        return impl32
+    if v == types.float64:
+        return lambda v, softcap: capped(v, softcap)
+    return None
+
+
+def cheap_within_cap(like):
+    """Whether capped_within is cheaper than capped for arrays like ``like`` (compute type):
+    True in float32, False in float64 (where they are the same); a constant LLVM folds."""
+
+
+@overload(cheap_within_cap, **_INLINE)
+def _cheap_within_cap(like):
+    cheap = like.dtype == types.float32
+    return lambda like: cheap
+
+
+@jit
+def _cap_within_into(src, dst, softcap):
+    """dst[j] = capped_within(src[j]); -> the largest (src[j] / softcap)^2 (NaN skipped)."""
+    wide_vectors()
+    inverse = const(dst, 1.0) / const(dst, softcap)
+    largest = const(dst, 0.0)  # capped_within computes (x / c)^2 too: one more max
+    for j in range(src.shape[0]):
+        u = load(src[j])
+        dst[j] = capped_within(u, softcap)
+        w = u * inverse
+        largest = fmax(largest, w * w)  # a NaN is skipped: capped_within keeps it NaN
+    return largest
+
+
+@jit
+def _cap_each_into(src, dst, softcap):
+    wide_vectors()
+    for j in range(src.shape[0]):
+        dst[j] = capped(load(src[j]), softcap)
+
+
+@jit
+def cap_into(src, dst, softcap):
+    """dst[j] = capped(src[j]) over 1-d views of one length (dst in the compute type; callers
+    pass segments of BLOCK, so every kernel caps a row's logits to the same bits).
+
+    In float32 every element takes capped_within when all of them lie within the cap, as
+    logits mostly do (one pass: the check rides along), and capped otherwise (a second pass).
+    """
+    if cheap_within_cap(dst) and _cap_within_into(src, dst, softcap) <= const(dst, 1.0):
+        return
+    _cap_each_into(src, dst, softcap)
+
+
+@jit
+def cap_tile_into(x, o, p0, n, dst, softcap):
+    """cap_into for positions p0 .. p0+n of slab o of an (O, C, I) array into dst (C, n),
+    the choice made once for the whole tile."""
+    channels = x.shape[1]
+    if cheap_within_cap(dst):
+        largest = const(dst, 0.0)
+        for c in range(channels):
+            largest = fmax(largest, _cap_within_into(x[o, c, p0 : p0 + n], dst[c], softcap))
+        if largest <= const(dst, 1.0):
+            return
+    for c in range(channels):
+        _cap_each_into(x[o, c, p0 : p0 + n], dst[c], softcap)
+
+
 def cap_slope(v, softcap):
-    """d capped(x) / dx at the capped value v = c tanh(x / c): (1 - v/c)(1 + v/c); 1 when
-    softcap is None."""
+    """d capped(x) / dx at the capped value v = c tanh(x / c): 1 - (v/c)^2; 1 when softcap is
+    None."""
 
 
 @overload(cap_slope, **_INLINE)
@@ -843,7 +956,7 @@ def _cap_slope(v, softcap):
     def impl(v, softcap):
         one = cast(1.0)
         u = v * (one / cast(softcap))
-        return (one - u) * (one + u)
+        return fma(-u, u, one)  # rounded once: no cancellation as |u| nears 1
 
     return impl
 
@@ -865,10 +978,12 @@ def _capped_row(x, r, softcap):
 
     def impl(x, r, softcap):
         row = x[r]
-        buffer = np.empty((1, row.shape[0]), compute)
+        classes = row.shape[0]
+        buffer = np.empty((1, classes), compute)
         copy = buffer[0]
-        for j in range(row.shape[0]):
-            copy[j] = capped(load(row[j]), softcap)
+        for b0 in range(0, classes, BLOCK):
+            b1 = min(b0 + BLOCK, classes)
+            cap_into(row[b0:b1], copy[b0:b1], softcap)
         return buffer, 0
 
     return impl
@@ -888,10 +1003,7 @@ def _capped_tile(x, o, p0, n, softcap):
     def impl(x, o, p0, n, softcap):
         channels = x.shape[1]
         buffer = np.empty((1, channels, n), compute)
-        for c in range(channels):
-            xc, bc = x[o, c, p0 : p0 + n], buffer[0, c]
-            for t in range(n):
-                bc[t] = capped(load(xc[t]), softcap)
+        cap_tile_into(x, o, p0, n, buffer[0], softcap)
         return buffer, 0, 0
 
     return impl

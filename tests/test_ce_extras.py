@@ -18,6 +18,7 @@ import pytest
 
 import fastloss as fl
 from fastloss import reference
+from fastloss._math import BLOCK, cap_into, capped
 
 F32, F64, F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 CLASSES = 7
@@ -448,3 +449,53 @@ def test_float32_tanh_is_within_5_ulp_and_never_beyond_one():
     out = np.empty_like(special)
     run(special, out)
     np.testing.assert_array_equal(out, [1.0, -1.0, np.nan, 0.0, 0.0])  # nsz: the sign of 0 is free
+
+
+@numba.njit
+def _cap_segments(x, softcap, out):
+    for b0 in range(0, x.shape[0], BLOCK):
+        b1 = min(b0 + BLOCK, x.shape[0])
+        cap_into(x[b0:b1], out[b0:b1], softcap)
+
+
+@numba.njit
+def _cap_each(x, softcap, out):
+    for j in range(x.shape[0]):
+        out[j] = capped(x[j], softcap)
+
+
+@pytest.mark.parametrize("softcap", [1e-3, 0.1, 1.0, 5.0, 30.0, 50.0, 1e4])
+def test_float32_capping_within_the_cap_is_within_3_ulp_and_never_beyond_it(softcap):
+    # Segments whose logits all lie within the cap take the division-free polynomial.
+    c = np.float32(softcap)
+    x = np.concatenate([np.linspace(-c, c, 1_000_192), np.geomspace(1e-30, c, 100_352)])
+    x = x.astype(np.float32)
+    x = x[np.abs(x) <= c]
+    x = x[: x.size - x.size % 512]
+    got = np.empty_like(x)
+    _cap_segments(x, softcap, got)
+    c64 = np.float64(c)
+    want = c64 * np.tanh(x.astype(np.float64) / c64)
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    nonzero = want != 0
+    assert np.max(np.abs(got - want)[nonzero] / ulp[nonzero]) <= 3.0
+    assert np.all(got[~nonzero] == 0.0)
+    assert np.all(np.abs(got) <= c)  # so every slope 1 - (v / c)^2 is >= 0
+    assert np.all(np.sign(got) == np.sign(x))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_a_segment_with_a_logit_beyond_the_cap_is_capped_exactly_as_capped(dtype):
+    rng = _rng("beyond the cap", str(dtype))
+    x = (rng.standard_normal(4 * 512 + 77) * 10).astype(dtype)
+    x[5] = 31.0  # beyond: the first segment falls back to capped
+    x[600], x[1100] = np.inf, -np.inf  # so do the next two
+    x[1700] = np.nan  # not beyond: the fourth segment keeps the polynomial, and NaN stays NaN
+    got, each = np.empty_like(x), np.empty_like(x)
+    _cap_segments(x, 30.0, got)
+    _cap_each(x, 30.0, each)
+    beyond = slice(0, 3 * 512) if dtype == F32 else slice(None)  # float64: capped everywhere
+    np.testing.assert_array_equal(got[beyond], each[beyond])
+    np.testing.assert_array_equal(got[[600, 1100, 1700]], [30.0, -30.0, np.nan])
+    # The segments within the cap: polynomial bits, a few ulp from capped's.
+    np.testing.assert_allclose(got[3 * 512 :], each[3 * 512 :], rtol=6e-7, atol=0)
