@@ -463,8 +463,8 @@ def cross_entropy_capped_rows(
 
     Work items are CAPPED_CHUNK rows sharing one scratch allocation: two rows of capped
     logits and their exponentials times their slopes, so the next row is capped while this
-    row's gradient is written (_capped_pass). The target's gradient entry is torch's direct formula times its
-    slope, so no pass sums the others.
+    row's gradient is written (_capped_pass). The target's gradient entry is torch's direct
+    formula times its slope, so no pass sums the others.
     """
     wide_vectors()
     rows, classes = x.shape
