@@ -25,11 +25,11 @@ import numpy as np
 from numba import prange
 
 from fastloss._config import CACHE, FASTMATH
-from fastloss._math import radd, wide_vectors
+from fastloss._math import const, loaded_sum, wide_vectors
 
-# The package's options (fastloss/_config.py), compiled parallel, and its way of summing: a
-# reassociating add (radd) and wide vectors, as the kernels use. A plain `s += v[i]` without
-# "reassoc" is a serial chain of additions, half this machine's read bandwidth.
+# The package's options (fastloss/_config.py), compiled parallel, and its way of summing:
+# explicit running sums (loaded_sum) and wide vectors, as the kernels use. A plain `s += v[i]`
+# is a serial chain of additions, half this machine's read bandwidth.
 _OPTIONS = dict(parallel=True, fastmath=set(FASTMATH), cache=CACHE, error_model="numpy")
 
 # Elements per prange work item: large enough to stream, small enough to balance 2+ threads.
@@ -37,17 +37,14 @@ CHUNK = 1 << 16
 
 
 @numba.njit(**_OPTIONS)
-def _row_sums(v, chunk, zero, out):
+def _row_sums(v, chunk, out):
     """out[k] = sum(v[k*chunk : (k+1)*chunk]), accumulated in v's own dtype."""
     wide_vectors()
     n = v.shape[0]
     for k in prange(out.shape[0]):
         wide_vectors()
         part = v[k * chunk : min((k + 1) * chunk, n)]
-        s = zero
-        for i in range(part.shape[0]):
-            s = radd(s, part[i])
-        out[k] = s
+        out[k] = loaded_sum((part,), part.shape[0], const(part, 0.0))
 
 
 @numba.njit(**_OPTIONS)
@@ -78,10 +75,9 @@ def read_probe(x: np.ndarray):
     """(run, nbytes) of a parallel read of every byte of ``x``."""
     v = _words(x)
     out = np.empty(max(1, -(-v.size // CHUNK)), v.dtype)
-    zero = v.dtype.type(0)
 
     def run():
-        _row_sums(v, CHUNK, zero, out)
+        _row_sums(v, CHUNK, out)
         return out
 
     return run, v.nbytes

@@ -19,11 +19,12 @@ from ._threads import parallel_slot, requested_threads, scoped_numba_threads
 
 # Function-wide fastmath is "nsz" alone: never "nnan"/"ninf" (-inf-masked logits, all -inf
 # rows and NaN propagation are core behaviour), and not "reassoc", "contract" or "arcp" either:
-# each lets LLVM rearrange arithmetic differently in the serial and the parallel twin, or in a
-# loop's vector body and its scalar remainder (taken when out aliases an input), so the same
-# element would round differently from call to call. Where reassociation is wanted, in the
-# steps of a sum that should vectorize, _math.radd carries the flag on that one addition; the
-# polynomials use explicit fused multiply-adds (_math.fma).
+# each lets LLVM rearrange arithmetic differently in the serial and the parallel twin, in a
+# loop's vector body and its scalar remainder (taken when out aliases an input), or in a
+# helper's own library and its copy linked into a caller (what a process loading the kernel
+# from the cache runs), so the same element would round differently from call to call. Sums
+# vectorize through explicit running sums instead (_math.lane_sum_of), and the polynomials use
+# explicit fused multiply-adds (_math.fma).
 FASTMATH = frozenset({"nsz"})
 
 # Vector width (bits) the kernels ask LLVM for; see _math.wide_vectors. 256 suits CPUs whose

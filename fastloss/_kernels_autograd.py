@@ -17,9 +17,18 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import kernel
+from ._config import jit, kernel
 from ._kernels_softmax import BLOCK, _tile_bounds
-from ._math import const, exp_out, load, radd, store, wide_vectors
+from ._math import const, exp_out, lane_sum_of, load, loaded_sum, store, wide_vectors
+
+
+@jit
+def _product_term(args, j):
+    g, y = args
+    return load(g[j]) * load(y[j])
+
+
+_product_sum = lane_sum_of(_product_term)
 
 
 @kernel
@@ -33,14 +42,10 @@ def softmax_output_backward_rows(g, y, out, log):
         for b0 in range(0, n, BLOCK):
             yb = y[r, b0 : min(b0 + BLOCK, n)]
             gb = g[r, b0 : min(b0 + BLOCK, n)]
-            acc = const(y, 0.0)
             if log:
-                for j in range(yb.shape[0]):
-                    acc = radd(acc, load(gb[j]))
+                total += loaded_sum((gb,), gb.shape[0], const(y, 0.0))
             else:
-                for j in range(yb.shape[0]):
-                    acc = radd(acc, load(gb[j]) * load(yb[j]))
-            total += acc
+                total += _product_sum((gb, yb), yb.shape[0], const(y, 0.0))
         dot = const(y, total)
         yr, gr, dr = y[r], g[r], out[r]
         if log:

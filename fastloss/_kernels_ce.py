@@ -65,10 +65,11 @@ from ._math import (
     exp_normal,
     exp_out,
     fmax,
+    lane_pair_sum_of,
+    lane_sum_of,
     load,
     log_pos,
     log_prob,
-    radd,
     store,
     sub_exact,
     wide_vectors,
@@ -85,6 +86,15 @@ def _zero_row(grad, r):
 
 
 @jit
+def _weighted_gap_term(args, j):
+    x, w, m = args
+    return w[j] * (m - load(x[j]))
+
+
+_weighted_gap_sum = lane_sum_of(_weighted_gap_term)
+
+
+@jit
 def _weighted_gap_row(x, r, weight, m):
     """sum_c w_c (m - x[r, c]): every term >= 0, so nothing cancels even at huge logits.
 
@@ -97,10 +107,7 @@ def _weighted_gap_row(x, r, weight, m):
     for b0 in range(0, classes, BLOCK):
         xb = row[b0 : min(b0 + BLOCK, classes)]
         wb = weight[b0 : min(b0 + BLOCK, classes)]
-        acc = const(x, 0.0)
-        for j in range(xb.shape[0]):
-            acc = radd(acc, wb[j] * (m - load(xb[j])))
-        total += acc
+        total += _weighted_gap_sum((xb, wb, m), xb.shape[0], const(x, 0.0))
     return total
 
 
@@ -108,6 +115,16 @@ def _weighted_gap_row(x, r, weight, m):
 def _nll_term(m, x_t, log_s):
     """lse - x_t as (m - x_t) + log s in float64: m + log s would round log s away."""
     return add_exact(sub_exact(np.float64(m), np.float64(x_t)), log_s)
+
+
+@jit
+def _target_sums_term(args, j):
+    x, y, w, keep, uniform, m = args
+    wy = w[j] * (keep * load(y[j]) + uniform)
+    return wy, wy * (m - load(x[j]))
+
+
+_target_sums = lane_pair_sum_of(_target_sums_term)
 
 
 @jit
@@ -125,14 +142,9 @@ def _target_sums_row(x, rx, y, ry, weight, keep, uniform, m):
     for b0 in range(0, classes, BLOCK):
         b1 = min(b0 + BLOCK, classes)
         xb, yb, wb = xr[b0:b1], yr[b0:b1], weight[b0:b1]
-        a_acc = const(x, 0.0)
-        b_acc = const(x, 0.0)
-        for j in range(xb.shape[0]):
-            wy = wb[j] * (keep * load(yb[j]) + uniform)
-            a_acc = radd(a_acc, wy)
-            b_acc = radd(b_acc, wy * (m - load(xb[j])))
-        a += a_acc
-        b += b_acc
+        a_block, b_block = _target_sums((xb, yb, wb, keep, uniform, m), xb.shape[0], const(x, 0.0))
+        a += a_block
+        b += b_block
     return a, b
 
 
@@ -185,6 +197,16 @@ def _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad):
 
 
 @jit
+def _others_term(args, j):
+    """g[j] except at j = t (the target's entry, outside the block when t < 0 or >= len)."""
+    g, t, zero = args
+    return choose(np.int64(j) != t, load(g[j]), zero)
+
+
+_others_sum = lane_sum_of(_others_term)
+
+
+@jit
 def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row, softcap):
     """grad[g_row, c] = (scale * p_c - per_class * w_c) * slope_c for every c, from row r of
     x, which holds the capped logits when there is a softcap (slope 1 without one); returns
@@ -211,13 +233,9 @@ def _write_gradient_row(x, r, m, log_s, scale, per_class, weight, t, grad, g_row
             _gradient_block(vb, gb, wb, m, log_s, scale, per_class, softcap, grad)
         else:
             _gradient_block(xb, gb, wb, m, log_s, scale, per_class, softcap, grad)
-        # Summed in a loop of its own, from the block just written (in L1): in the loop that
-        # stores, LLVM's runtime alias check would pick vector or scalar summation order by
-        # the arrays' addresses, and the last bit would change from call to call.
-        acc = zero
-        for j in range(gb.shape[0]):
-            acc = radd(acc, load(gb[j]) if b0 + j != t else zero)
-        others += acc
+        # Summed from the values as stored (read back from L1, in grad's storage type), so
+        # the target's entry balances what the row actually holds.
+        others += _others_sum((gb, t - b0, zero), gb.shape[0], zero)
     return others
 
 
@@ -364,6 +382,31 @@ CAPPED_CHUNK = 64
 
 
 @jit
+def _capped_exp_term(args, j):
+    """e = exp(v - m) of capped logit v, stored times the cap's slope; the sum takes e."""
+    values, exps, m, softcap = args
+    v = values[j]
+    e = exp_out(v - m)  # all NaN: m = -inf, and NaN - -inf stays NaN
+    exps[j] = e * cap_slope(v, softcap)
+    return e
+
+
+@jit
+def _capped_exp_term_fixed(args, j):
+    """As _capped_exp_term with the fixed shift c: capped - c >= -2c, whose exp is normal
+    (that is what fixed means), so no clamp."""
+    values, exps, c, softcap = args
+    v = values[j]
+    e = exp_normal(v - c)
+    exps[j] = e * cap_slope(v, softcap)
+    return e
+
+
+_capped_exp_sum = lane_sum_of(_capped_exp_term)
+_capped_exp_sum_fixed = lane_sum_of(_capped_exp_term_fixed)
+
+
+@jit
 def _cap_block(x, r, b0, b1, scratch, softcap, fixed, want_max):
     """Caps x[r, b0:b1] into scratch[0, b0:b1] and, with the fixed shift c (see _capped_pass),
     stores e = exp(capped - c) times the slope of the cap (the gradient's chain-rule factor)
@@ -377,16 +420,11 @@ def _cap_block(x, r, b0, b1, scratch, softcap, fixed, want_max):
     if want_max or not fixed:
         for j in range(vb.shape[0]):
             bm = fmax(bm, vb[j])
-    acc = const(x, 0.0)
+    zero = const(x, 0.0)
     if fixed:
         # A loop of its own: fused into the capping, LLVM vectorizes it worse (1.25x slower).
-        # capped - c >= -2c, whose exp is normal (that is what fixed means): no clamp.
-        for j in range(vb.shape[0]):
-            v = vb[j]
-            e = exp_normal(v - c)
-            eb[j] = e * cap_slope(v, softcap)
-            acc = radd(acc, e)
-    return bm, acc
+        return bm, _capped_exp_sum_fixed((vb, eb, c, softcap), vb.shape[0], zero)
+    return bm, zero
 
 
 @jit
@@ -444,13 +482,7 @@ def _capped_pass(x, r_next, softcap, nxt, cur, scale_s, per_class, weight, grad,
     for b0 in range(0, classes, BLOCK):
         b1 = min(b0 + BLOCK, classes)
         vb, eb = values[b0:b1], exps[b0:b1]
-        acc = const(x, 0.0)
-        for j in range(vb.shape[0]):
-            v = vb[j]
-            e = exp_out(v - m)  # all NaN: m = -inf, and NaN - -inf stays NaN
-            eb[j] = e * cap_slope(v, softcap)
-            acc = radd(acc, e)
-        s += acc
+        s += _capped_exp_sum((vb, eb, m, softcap), vb.shape[0], const(x, 0.0))
     return m, m, s, m_block
 
 

@@ -7,10 +7,8 @@ broadcast to the loss shape by the Python layer. The work is cut into fixed chun
 and the Python layer adds the partials in a fixed order, so 'mean' and 'sum' are bitwise the
 same for any thread count. Within a chunk, one loop computes each element's loss and
 derivative once (``_<loss>_element``), stores the gradient, and stores the loss into a float64
-scratch array, which ``lane_sum`` then adds in an order fixed by the code itself: a
-reassociable sum inside the loop would be vectorized differently in the serial and the
-parallel twin, or by the arrays' addresses (LLVM's runtime alias checks choose a vector or a
-scalar loop), and its last bits would change from call to call.
+scratch array, which ``lane_sum`` then adds in an order fixed by the code itself (explicit
+running sums, _math.lane_sum_of), never by the compiler.
 
 Optional operands and outputs are ``None`` or an array. Numba compiles one specialisation per
 combination and prunes every ``is None`` branch at compile time, so each inner loop holds only
@@ -40,6 +38,7 @@ from ._math import (
     exp_fine,
     fmax,
     load,
+    loaded_sum,
     log1m_unit,
     log1p_unit,
     log_any,
@@ -56,25 +55,9 @@ def chunk_count(n: int) -> int:
 
 @jit
 def lane_sum(values, n):
-    """sum(values[:n]) in float64, in one fixed order: eight running sums, sum k taking
-    elements k, k + 8, ..., then a fixed tree. The eight additions of a step are independent,
-    so the SLP vectorizer may pack them into one vector without changing a bit."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    full = n - n % 8
-    for i in range(0, full, 8):
-        b = values[i : i + 8]  # constant indices below: no wraparound checks
-        a0 += b[0]
-        a1 += b[1]
-        a2 += b[2]
-        a3 += b[3]
-        a4 += b[4]
-        a5 += b[5]
-        a6 += b[6]
-        a7 += b[7]
-    tail = values[full:n]
-    for k in range(tail.shape[0]):
-        a0 += tail[k]
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    """sum(values[:n]) in the fixed order of _math.lane_sum_of, for a call from Python (or
+    a short signature)."""
+    return loaded_sum((values[:n],), n, const(values, 0.0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,12 +36,13 @@ from ._math import (
     exp_overflows,
     exp_sum,
     fmax,
+    lane_sum_of,
     load,
+    loaded_sum,
     log1p_unit,
     log_pos,
     log_prob,
     mul_exact,
-    radd,
     store,
     sub_exact,
     wide_vectors,
@@ -51,10 +52,15 @@ from ._math import (
 # Row layout helpers
 
 
-# Helpers with a reassociating sum (radd) are compiled once as functions of their own, never
-# inlined (`inline`): a copy inlined into the serial and into the parallel twin may be
-# vectorized with different interleaving in each, and the sum would then round differently
-# with the thread count.
+@jit
+def _exp_term(args, j):
+    block, m = args
+    return exp_sum(load(block[j]) - m)
+
+
+_exp_block_sum = lane_sum_of(_exp_term)
+
+
 @jit
 def _row_state(x, r, start, stop):
     """(max, float64 sum of exp(x - max)) of x[r, start:stop], reading it from memory once."""
@@ -71,10 +77,7 @@ def _row_state(x, r, start, stop):
         for j in range(block.shape[0]):
             m = fmax(m, load(block[j]))
         if m > neg_inf:
-            acc = const(x, 0.0)
-            for j in range(block.shape[0]):
-                acc = radd(acc, exp_sum(load(block[j]) - m))
-            return m, np.float64(acc)
+            return m, np.float64(_exp_block_sum((block, m), block.shape[0], const(x, 0.0)))
     m = neg_inf
     s = 0.0
     for b0 in range(start, stop, BLOCK):
@@ -94,10 +97,7 @@ def _row_state(x, r, start, stop):
                 if v != v:
                     s = np.nan
             continue
-        acc = const(x, 0.0)
-        for j in range(block.shape[0]):
-            acc = radd(acc, exp_sum(load(block[j]) - m))
-        s += acc
+        s += _exp_block_sum((block, m), block.shape[0], const(x, 0.0))
     return m, s
 
 
@@ -157,6 +157,15 @@ def _lse_shift(x, m, s):
 
 
 @jit
+def _weighted_probability_term(args, j):
+    g, x, m, log_s = args
+    return load(g[j]) * exp_out(log_prob(load(x[j]), m, log_s))
+
+
+_weighted_probability_sum = lane_sum_of(_weighted_probability_term)
+
+
+@jit
 def _row_dot(g, x, r, m, log_s, with_probabilities):
     """sum_j g[r, j] * p[r, j] (or sum_j g[r, j]), blockwise with a float64 total."""
     wide_vectors()
@@ -165,14 +174,10 @@ def _row_dot(g, x, r, m, log_s, with_probabilities):
     for b0 in range(0, n, BLOCK):
         xb = x[r, b0 : min(b0 + BLOCK, n)]
         gb = g[r, b0 : min(b0 + BLOCK, n)]
-        acc = const(x, 0.0)
         if with_probabilities:
-            for j in range(xb.shape[0]):
-                acc = radd(acc, load(gb[j]) * exp_out(log_prob(load(xb[j]), m, log_s)))
+            total += _weighted_probability_sum((gb, xb, m, log_s), xb.shape[0], const(x, 0.0))
         else:
-            for j in range(xb.shape[0]):
-                acc = radd(acc, load(gb[j]))
-        total += acc
+            total += loaded_sum((gb,), gb.shape[0], const(x, 0.0))
     return total
 
 

@@ -26,7 +26,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._config import FASTMATH, VECTOR_WIDTH, jit
+from ._config import FASTMATH, VECTOR_WIDTH, inline, jit
 
 _INLINE = dict(fastmath=set(FASTMATH), jit_options=dict(fastmath=set(FASTMATH)))
 
@@ -123,24 +123,6 @@ def fma(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return a(a, b, c), codegen
-
-
-@intrinsic
-def radd(typingctx, acc, v):
-    """acc + v for a reduction: the one operation that carries "reassoc".
-
-    That flag is what lets LLVM vectorize a sum (one partial sum per lane). fastloss gives it
-    to reduction steps only, never to whole functions: a reassociable expression may be
-    rearranged differently in the serial and the parallel twin, or in a loop's vector body
-    and its scalar remainder, and then round differently for the same element.
-    """
-    if not (acc == v and acc in (types.float32, types.float64)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fadd(args[0], args[1], flags=("reassoc", "nsz"))
-
-    return acc(acc, v), codegen
 
 
 def _exact_binop(opname):
@@ -329,6 +311,152 @@ def compute_empty(like, rows, n):
 def _compute_empty(like, rows, n):
     compute = _COMPUTE_NP[_STORAGE_TO_COMPUTE[like.dtype]]
     return lambda like, rows, n: np.empty((rows, n), compute)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums in an order the code fixes
+#
+# No operation in fastloss carries "reassoc", which would let LLVM vectorize a plain running
+# sum by regrouping it: how it regroups depends on the function the sum ends up in, and a
+# helper's code is optimized once in its own library and again in every caller it is linked
+# into. A kernel compiled in this process and the same kernel loaded from Numba's cache (or
+# its serial and parallel twins) then ran different copies and rounded differently. Instead,
+# a sum keeps LANE_BITS / bits explicit running sums (64 in float32, 32 in float64: four
+# 512-bit registers), sum l taking terms l, l + L, l + 2L, ..., combined by a fixed tree:
+# the same vector code LLVM would have made, with every bit fixed by the source.
+
+LANE_BITS = 2048
+
+
+@intrinsic
+def lanes(typingctx, zero):
+    """A stack array of zeroed running sums of ``zero``'s type (float32 or float64): LANE_BITS
+    / bits of them. Its storage is the calling function's stack frame, so it must not
+    outlive the call."""
+    if zero not in (types.float32, types.float64):
+        return None
+    compute = zero
+    count = LANE_BITS // compute.bitwidth
+    array_type = types.Array(compute, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        element = context.get_data_type(compute)
+        itemsize = context.get_abi_sizeof(element)
+        data = cgutils.alloca_once(
+            builder, element, size=context.get_constant(types.intp, count)
+        )
+        cgutils.memset(builder, data, context.get_constant(types.intp, count * itemsize), 0)
+        array = context.make_array(array_type)(context, builder)
+        context.populate_array(
+            array,
+            data=data,
+            shape=[context.get_constant(types.intp, count)],
+            strides=[context.get_constant(types.intp, itemsize)],
+            itemsize=context.get_constant(types.intp, itemsize),
+            meminfo=None,
+        )
+        return array._getvalue()
+
+    return array_type(zero), codegen
+
+
+@intrinsic
+def lane_total(typingctx, acc):
+    """The sum of the running sums of ``lanes``, by a fixed tree: the upper half added to the
+    lower half, again and again (one vector shuffle and add per halving)."""
+    if not (isinstance(acc, types.Array) and acc.dtype in (types.float32, types.float64)):
+        return None
+    count = LANE_BITS // acc.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(acc)(context, builder, args[0]).data
+        vector = ir.VectorType(context.get_data_type(acc.dtype), count)
+        v = builder.load(builder.bitcast(data, vector.as_pointer()), align=acc.dtype.bitwidth // 8)
+        width = count
+        while width > 1:
+            width //= 2
+            mask_type = ir.VectorType(ir.IntType(32), width)
+            halves = [
+                builder.shuffle_vector(v, v, ir.Constant(mask_type, list(range(lo, lo + width))))
+                for lo in (0, width)
+            ]
+            v = builder.fadd(halves[0], halves[1], flags=("nsz",))
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    return acc.dtype(acc), codegen
+
+
+def lane_sum_of(term):
+    """``sum(args, n, zero)``: the sum of ``term(args, j)`` for j in [0, n), in the type of
+    ``zero`` (0 in a kernel's compute type), in the order ``lanes`` describes; inlined into
+    its callers by Numba. (A float, not an array to take the type from: an array argument
+    of a Numba-inlined function costs reference counting, 30 ns a call on short rows.)
+
+    ``term`` is a ``jit`` function returning that type, which LLVM inlines into the loop.
+    Inlined by Numba instead, it would bind the arrays of ``args`` inside the loop, and the
+    reference-count calls that leave there keep LLVM from vectorizing it (3-10x slower).
+    ``j`` is unsigned: an array indexed by it needs no check for a negative index, which in
+    the predicated last group would turn contiguous loads into gathers.
+    """
+
+    @inline
+    def lane_sum(args, n, zero):
+        acc = lanes(zero)
+        count = acc.shape[0]
+        full = n - n % count
+        for j0 in range(0, full, count):
+            # count is a constant: the loop becomes whole-register operations, and the
+            # running sums stay in registers across the outer loop.
+            for lane in range(count):
+                acc[lane] += term(args, np.uint64(j0 + lane))
+        if full < n:
+            # The last, partial group: every lane, the missing terms masked off (as 0, which
+            # adds nothing), so that it vectorizes with masked loads. Summed one term at a
+            # time it would be scalar, and lane_total's whole-register loads would then
+            # wait on the single-lane stores.
+            for lane in range(count):
+                value = zero
+                if full + lane < n:
+                    value = term(args, np.uint64(full + lane))
+                acc[lane] += value
+        return lane_total(acc)
+
+    return lane_sum
+
+
+def lane_pair_sum_of(term):
+    """As lane_sum_of for a ``term`` returning two values: two sums from one pass."""
+
+    @inline
+    def lane_pair_sum(args, n, zero):
+        acc_a, acc_b = lanes(zero), lanes(zero)
+        count = acc_a.shape[0]
+        full = n - n % count
+        for j0 in range(0, full, count):
+            for lane in range(count):
+                a, b = term(args, np.uint64(j0 + lane))
+                acc_a[lane] += a
+                acc_b[lane] += b
+        if full < n:
+            for lane in range(count):
+                a, b = zero, zero
+                if full + lane < n:
+                    a, b = term(args, np.uint64(full + lane))
+                acc_a[lane] += a
+                acc_b[lane] += b
+        return lane_total(acc_a), lane_total(acc_b)
+
+    return lane_pair_sum
+
+
+@jit
+def _loaded_term(args, j):
+    (values,) = args
+    return load(values[j])
+
+
+# sum(values) of a 1-d array as loaded_sum((values,), n, zero)
+loaded_sum = lane_sum_of(_loaded_term)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,24 +217,30 @@ def test_cached_serial_twin_is_really_serial(tmp_path):
     assert second.stdout.strip() == "False", "the serial twin started Numba's thread pool"
 
 
-@pytest.mark.xfail(
-    reason="known bug, not yet fixed: a kernel loaded from Numba's cache can round its "
-    "reassociating sums differently from the same kernel just compiled (issue 3's "
-    "determinism; see the test's comment)",
-    strict=False,
-)
 def test_a_kernel_loaded_from_the_cache_gives_the_bits_it_gave_when_compiled(tmp_path):
-    # Seen on this project's 2-core machine (Numba 0.68, LLVM 22): log_softmax of a
-    # (512, 1000) float32 array differs in about 7600 elements' last bit between a process
-    # that compiled the kernel and one that loaded it from the cache, every time. Without
-    # "reassoc" on radd the two agree; with the helper inlined by Numba they still differ.
-    # A likely cause: a library's functions are linked into each caller's module as
-    # linkonce_odr copies and optimized again there, where reassociation may regroup the
-    # sums, and which copy a call binds to differs between a fresh compile and a cache load.
+    # A helper is optimized in its own library and again in every caller it is linked into,
+    # and a process that loads a kernel from the cache runs the caller's copy. With
+    # reassociating sums the two copies rounded differently (~7600 of the 512 x 1000
+    # log_softmax elements differed in their last bit); fixed-order sums (_math.lane_sum_of)
+    # round the same in both. Every kind of row sum, in the serial and the parallel twins.
     code = """
-        import sys, numpy as np, fastloss as fl
-        x = np.random.default_rng(0).standard_normal((512, 1000)).astype(np.float32)
-        sys.stdout.write(fl.log_softmax(x, 1).tobytes().hex())
+        import hashlib, sys, numpy as np, fastloss as fl
+        rng = np.random.default_rng(0)
+        digest = hashlib.sha1()
+        for rows in (8, 512):
+            x = rng.standard_normal((rows, 1000)).astype(np.float32)
+            t = rng.integers(0, 1000, rows)
+            p = rng.random((rows, 1000)).astype(np.float32)
+            w = rng.random(1000).astype(np.float32)
+            for result in (
+                fl.log_softmax(x, 1),
+                fl.softmax_backward(p, x, 1),
+                *fl.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1),
+                *fl.cross_entropy_with_grad(x, t, softcap=5.0),
+                *fl.cross_entropy_with_grad(x, p),
+            ):
+                digest.update(np.ascontiguousarray(result).tobytes())
+        sys.stdout.write(digest.hexdigest())
         """
     env = {"NUMBA_CACHE_DIR": str(tmp_path), "FASTLOSS_CACHE": "1"}
     compiled = _run_python(code, env)

@@ -1190,3 +1190,33 @@ def test_kernel_exp_is_within_one_ulp_and_exact_at_the_edges(dtype):
     np.testing.assert_array_equal(stored, kept)
     assert np.all((summed[2:3] > 0) & (summed[2:3] < 1e-37))  # -inf adds a negligible term
     assert summed[0] == 1.0 and np.isnan(summed[3])
+
+
+def _lane_order_sum(values):
+    """The order _math.lane_sum_of documents, one NumPy addition at a time in the values'
+    dtype: term j goes to running sum j mod L (L = 2048 bits / the dtype's bits), and the
+    upper half of the running sums is added to the lower half until one is left."""
+    acc = np.zeros(2048 // (8 * values.dtype.itemsize), values.dtype)
+    for j, v in enumerate(values):
+        acc[j % acc.size] += v
+    while acc.size > 1:
+        acc = acc[: acc.size // 2] + acc[acc.size // 2 :]
+    return acc[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_row_sums_follow_the_documented_order_bitwise(dtype):
+    """Every row sum of the kernels goes through lane_sum_of; its order is the code's, not
+    the compiler's, so a plain Python loop in that order gives the same bits. Terms of mixed
+    signs and magnitudes, so that any other order would round differently."""
+    from fastloss._math import const, loaded_sum
+
+    @numba.njit
+    def total(values, n):
+        return loaded_sum((values,), n, const(values, 0.0))
+
+    rng = np.random.default_rng(12)
+    for n in (0, 1, 3, 31, 32, 33, 63, 64, 65, 200, 512):
+        values = (rng.standard_normal(n) * 10.0 ** rng.uniform(-4, 4, n)).astype(dtype)
+        got = dtype(total(values, n))  # Numba returns a Python float: exact for either dtype
+        assert got.tobytes() == _lane_order_sum(values).tobytes(), n
